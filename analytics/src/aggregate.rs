@@ -1,0 +1,403 @@
+//! Time-bucketed aggregates (SPEC §3): granularities, key columns, measures, the per-
+//! granularity bucket series with its retention, and the query types.
+//!
+//! Buckets live in `BTreeMap<bucket_ms, BTreeMap<GroupKey, Measures>>`: ordered by time
+//! first so retention pops expired buckets off the front, and ordered throughout so
+//! iteration (queries, digest, snapshots) is deterministic.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::AnalyticsError;
+use crate::event::{Event, Kind};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Minute buckets are kept for 48 hours of ingest time: enough for "last day" dashboards
+/// and a late-arriving batch, small enough to bound memory (≤ 2 880 buckets per key).
+pub const MINUTE_RETENTION_MS: i64 = 48 * HOUR_MS;
+/// Hour buckets are kept for 90 days (≤ 2 160 buckets per key).
+pub const HOUR_RETENTION_MS: i64 = 90 * DAY_MS;
+/// Day buckets are kept for 3 × 365 days (≤ 1 095 buckets per key). Older history lives
+/// in the record store's usage tables.
+pub const DAY_RETENTION_MS: i64 = 3 * 365 * DAY_MS;
+
+/// Bucket width. Epoch milliseconds carry no leap seconds, so UTC buckets are plain
+/// integer floors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub const ALL: [Granularity; 3] = [Granularity::Minute, Granularity::Hour, Granularity::Day];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+
+    pub fn width_ms(&self) -> i64 {
+        match self {
+            Granularity::Minute => MINUTE_MS,
+            Granularity::Hour => HOUR_MS,
+            Granularity::Day => DAY_MS,
+        }
+    }
+
+    /// How long buckets of this width are retained, measured back from the newest
+    /// ingest time applied.
+    pub fn retention_ms(&self) -> i64 {
+        match self {
+            Granularity::Minute => MINUTE_RETENTION_MS,
+            Granularity::Hour => HOUR_RETENTION_MS,
+            Granularity::Day => DAY_RETENTION_MS,
+        }
+    }
+
+    /// Start of the UTC bucket holding `ts_ms` (floor, also for times before 1970).
+    /// Saturates at `i64::MIN` instead of overflowing for the few values below the
+    /// first representable bucket.
+    pub fn bucket_start(&self, ts_ms: i64) -> i64 {
+        let width = self.width_ms();
+        ts_ms.div_euclid(width).saturating_mul(width)
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = AnalyticsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Granularity::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s)
+            .ok_or_else(|| AnalyticsError::UnknownGranularity(s.to_string()))
+    }
+}
+
+/// The key columns of an aggregate row (SPEC §3), usable in `group_by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyColumn {
+    Tenant,
+    ApiName,
+    ApiVersion,
+    ApplicationId,
+    Resource,
+    Method,
+}
+
+impl KeyColumn {
+    pub const ALL: [KeyColumn; 6] = [
+        KeyColumn::Tenant,
+        KeyColumn::ApiName,
+        KeyColumn::ApiVersion,
+        KeyColumn::ApplicationId,
+        KeyColumn::Resource,
+        KeyColumn::Method,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyColumn::Tenant => "tenant",
+            KeyColumn::ApiName => "api_name",
+            KeyColumn::ApiVersion => "api_version",
+            KeyColumn::ApplicationId => "application_id",
+            KeyColumn::Resource => "resource",
+            KeyColumn::Method => "method",
+        }
+    }
+}
+
+impl FromStr for KeyColumn {
+    type Err = AnalyticsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KeyColumn::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| AnalyticsError::UnknownKeyColumn(s.to_string()))
+    }
+}
+
+/// The measures of one aggregate row. Integers only (no float drift between replicas);
+/// every sum saturates rather than wrapping or panicking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measures {
+    /// Events of kind `request`.
+    pub requests: u64,
+    /// Requests answered 400–499.
+    pub errors_4xx: u64,
+    /// Requests answered 500–599.
+    pub errors_5xx: u64,
+    /// Events of kind `fault`.
+    pub faults: u64,
+    /// Events of kind `throttle`.
+    pub throttled: u64,
+    /// Events (any kind) that carried `response_time_ms`.
+    pub latency_count: u64,
+    pub latency_sum_ms: u64,
+    pub latency_min_ms: Option<u64>,
+    pub latency_max_ms: Option<u64>,
+    /// Sum of `response_size` (any kind).
+    pub bytes_sum: u64,
+}
+
+impl Measures {
+    /// Counts one event.
+    pub fn add(&mut self, event: &Event) {
+        match event.kind {
+            Kind::Request => {
+                self.requests = self.requests.saturating_add(1);
+                match event.response_code {
+                    Some(400..=499) => self.errors_4xx = self.errors_4xx.saturating_add(1),
+                    Some(500..=599) => self.errors_5xx = self.errors_5xx.saturating_add(1),
+                    _ => {}
+                }
+            }
+            Kind::Fault => self.faults = self.faults.saturating_add(1),
+            Kind::Throttle => self.throttled = self.throttled.saturating_add(1),
+        }
+        if let Some(latency) = event.response_time_ms {
+            self.merge(&Measures {
+                latency_count: 1,
+                latency_sum_ms: latency,
+                latency_min_ms: Some(latency),
+                latency_max_ms: Some(latency),
+                ..Measures::default()
+            });
+        }
+        if let Some(size) = event.response_size {
+            self.bytes_sum = self.bytes_sum.saturating_add(size);
+        }
+    }
+
+    /// Folds another row's measures into this one (rolling up across keys).
+    pub fn merge(&mut self, other: &Measures) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors_4xx = self.errors_4xx.saturating_add(other.errors_4xx);
+        self.errors_5xx = self.errors_5xx.saturating_add(other.errors_5xx);
+        self.faults = self.faults.saturating_add(other.faults);
+        self.throttled = self.throttled.saturating_add(other.throttled);
+        self.latency_count = self.latency_count.saturating_add(other.latency_count);
+        self.latency_sum_ms = self.latency_sum_ms.saturating_add(other.latency_sum_ms);
+        self.latency_min_ms = combine(self.latency_min_ms, other.latency_min_ms, u64::min);
+        self.latency_max_ms = combine(self.latency_max_ms, other.latency_max_ms, u64::max);
+        self.bytes_sum = self.bytes_sum.saturating_add(other.bytes_sum);
+    }
+}
+
+fn combine(a: Option<u64>, b: Option<u64>, pick: fn(u64, u64) -> u64) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pick(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The full key of an aggregate row; missing optional fields are `""` (SPEC §4).
+/// Field order = `KeyColumn::ALL` order, which is also the sort order of rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct GroupKey {
+    pub tenant: String,
+    pub api_name: String,
+    pub api_version: String,
+    pub application_id: String,
+    pub resource: String,
+    pub method: String,
+}
+
+impl GroupKey {
+    pub fn of(event: &Event) -> Self {
+        let or_empty = |field: &Option<String>| field.clone().unwrap_or_default();
+        GroupKey {
+            tenant: event.tenant.clone(),
+            api_name: event.api_name.clone(),
+            api_version: event.api_version.clone(),
+            application_id: or_empty(&event.application_id),
+            resource: or_empty(&event.resource),
+            method: or_empty(&event.method),
+        }
+    }
+
+    pub fn get(&self, column: KeyColumn) -> &str {
+        match column {
+            KeyColumn::Tenant => &self.tenant,
+            KeyColumn::ApiName => &self.api_name,
+            KeyColumn::ApiVersion => &self.api_version,
+            KeyColumn::ApplicationId => &self.application_id,
+            KeyColumn::Resource => &self.resource,
+            KeyColumn::Method => &self.method,
+        }
+    }
+}
+
+pub(crate) type BucketMap = BTreeMap<i64, BTreeMap<GroupKey, Measures>>;
+
+/// All buckets of one granularity, with a row counter kept alongside so `stats` does
+/// not have to walk the map. Serializes as the bare map (the counter is derived).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Series {
+    buckets: BucketMap,
+    rows: usize,
+}
+
+impl Series {
+    /// Counts `event` into the bucket starting at `bucket_ms` under `key`.
+    pub fn add(&mut self, bucket_ms: i64, key: &GroupKey, event: &Event) {
+        let rows = self.buckets.entry(bucket_ms).or_default();
+        // Look up first: cloning the key for `entry` on every event would be wasteful.
+        if let Some(measures) = rows.get_mut(key) {
+            measures.add(event);
+        } else {
+            let mut measures = Measures::default();
+            measures.add(event);
+            rows.insert(key.clone(), measures);
+            self.rows += 1;
+        }
+    }
+
+    /// Drops every bucket that starts before `cutoff_ms`. Costs only what it removes.
+    pub fn evict_before(&mut self, cutoff_ms: i64) {
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() >= cutoff_ms {
+                break;
+            }
+            self.rows -= entry.remove().len();
+        }
+    }
+
+    pub fn buckets(&self) -> &BucketMap {
+        &self.buckets
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn from_buckets(buckets: BucketMap) -> Self {
+        let rows = buckets.values().map(BTreeMap::len).sum();
+        Series { buckets, rows }
+    }
+}
+
+impl Serialize for Series {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.buckets.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Series {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BucketMap::deserialize(deserializer).map(Series::from_buckets)
+    }
+}
+
+/// A `/v1/aggregates` question.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregateQuery {
+    pub granularity: Granularity,
+    /// Inclusive lower bound on the bucket start, epoch ms.
+    pub from_ms: Option<i64>,
+    /// Exclusive upper bound on the bucket start, epoch ms.
+    pub to_ms: Option<i64>,
+    /// Only rows whose `api_name` equals this.
+    pub api: Option<String>,
+    /// Only rows whose `api_version` equals this.
+    pub version: Option<String>,
+    /// Columns kept in the output, in this order; rows that differ only in other
+    /// columns are merged. Empty = one row per bucket.
+    pub group_by: Vec<KeyColumn>,
+}
+
+impl AggregateQuery {
+    /// The SPEC default: no filters, grouped by all six key columns.
+    pub fn new(granularity: Granularity) -> Self {
+        AggregateQuery {
+            granularity,
+            from_ms: None,
+            to_ms: None,
+            api: None,
+            version: None,
+            group_by: KeyColumn::ALL.to_vec(),
+        }
+    }
+
+    fn matches(&self, key: &GroupKey) -> bool {
+        self.api.as_deref().is_none_or(|api| key.api_name == api)
+            && self.version.as_deref().is_none_or(|v| key.api_version == v)
+    }
+}
+
+/// One answer row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregateRow {
+    pub bucket_ms: i64,
+    /// The `group_by` columns and their values, in `group_by` order.
+    pub group: Vec<(KeyColumn, String)>,
+    pub measures: Measures,
+}
+
+impl AggregateRow {
+    /// The flat JSON object of SPEC §4:
+    /// `{"bucket_ms": .., <group_by columns>.., <measures>..}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        object.insert("bucket_ms".into(), self.bucket_ms.into());
+        for (column, value) in &self.group {
+            object.insert(column.as_str().into(), value.clone().into());
+        }
+        if let Ok(serde_json::Value::Object(measures)) = serde_json::to_value(self.measures) {
+            object.extend(measures);
+        }
+        serde_json::Value::Object(object)
+    }
+}
+
+/// Answers `query` from one granularity's buckets.
+pub(crate) fn run_query(series: &Series, query: &AggregateQuery) -> Vec<AggregateRow> {
+    let from = query.from_ms.unwrap_or(i64::MIN);
+    let to = query.to_ms.unwrap_or(i64::MAX);
+    if from >= to {
+        return Vec::new();
+    }
+    let mut rows = Vec::new();
+    for (&bucket_ms, keys) in series.buckets().range(from..to) {
+        // Merge this bucket's keys by the projected group values; BTreeMap keeps the
+        // output sorted by group values within the bucket.
+        let mut groups: BTreeMap<Vec<&str>, Measures> = BTreeMap::new();
+        for (key, measures) in keys.iter().filter(|(key, _)| query.matches(key)) {
+            let group = query
+                .group_by
+                .iter()
+                .map(|&column| key.get(column))
+                .collect();
+            groups.entry(group).or_default().merge(measures);
+        }
+        rows.extend(groups.into_iter().map(|(values, measures)| {
+            AggregateRow {
+                bucket_ms,
+                group: query
+                    .group_by
+                    .iter()
+                    .zip(values)
+                    .map(|(&column, value)| (column, value.to_string()))
+                    .collect(),
+                measures,
+            }
+        }));
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests;

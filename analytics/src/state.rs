@@ -1,0 +1,193 @@
+//! The replicated analytic state and its deterministic transition, `apply`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::aggregate::{run_query, AggregateQuery, AggregateRow, Granularity, GroupKey, Series};
+use crate::dedup::DedupWindow;
+use crate::event::{BatchOutcome, IngestBatch};
+
+/// Prefix hashed before the canonical encoding, so a digest can never be confused with
+/// the hash of some other structure (and changes if the digest scheme does).
+const DIGEST_DOMAIN: &[u8] = b"tally.analytics.digest.v1\0";
+
+/// Everything that determines future behaviour and query answers. This is exactly what
+/// the digest covers; snapshots carry it plus the applied index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Analytic {
+    /// Largest `ingest_ms` applied so far (`None` before the first entry). Entries from a
+    /// new leader may carry a slightly older clock; using the maximum keeps expiry and
+    /// retention monotonic.
+    pub high_water_ms: Option<i64>,
+    /// Events counted (duplicates excluded).
+    pub events_applied: u64,
+    pub dedup: DedupWindow,
+    pub minute: Series,
+    pub hour: Series,
+    pub day: Series,
+}
+
+impl Analytic {
+    pub fn series(&self, granularity: Granularity) -> &Series {
+        match granularity {
+            Granularity::Minute => &self.minute,
+            Granularity::Hour => &self.hour,
+            Granularity::Day => &self.day,
+        }
+    }
+
+    fn series_mut(&mut self, granularity: Granularity) -> &mut Series {
+        match granularity {
+            Granularity::Minute => &mut self.minute,
+            Granularity::Hour => &mut self.hour,
+            Granularity::Day => &mut self.day,
+        }
+    }
+}
+
+/// The analytic state of a data node. A pure function of the entries applied to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub(crate) analytic: Analytic,
+    /// Log index of the last entry applied. Bookkeeping for the caller; not part of the
+    /// digest, which the API always reports next to the applied index anyway — and
+    /// leaving it out is what lets two different splits of one stream agree.
+    pub(crate) applied_index: u64,
+}
+
+/// Sizes for `/metrics` and `/v1/cluster`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateStats {
+    /// Aggregate rows (bucket × key) held at minute granularity.
+    pub buckets_minute: usize,
+    /// Aggregate rows (bucket × key) held at hour granularity.
+    pub buckets_hour: usize,
+    /// Aggregate rows (bucket × key) held at day granularity.
+    pub buckets_day: usize,
+    /// Event ids remembered by the dedup window.
+    pub dedup_ids: usize,
+    /// Events counted since the state began (duplicates excluded).
+    pub events_applied: u64,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State::default()
+    }
+
+    /// A state whose dedup window remembers at most `max_ids` ids; lets tests reach the
+    /// cap without two million events. Production uses [`State::new`].
+    #[cfg(test)]
+    pub(crate) fn with_dedup_cap(max_ids: usize) -> Self {
+        State {
+            analytic: Analytic {
+                dedup: DedupWindow::with_max_ids(max_ids),
+                ..Analytic::default()
+            },
+            applied_index: 0,
+        }
+    }
+
+    /// Log index of the last entry applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Applies one committed ingest entry. Returns one outcome per request, in order.
+    ///
+    /// Steps, all driven by the entry's bytes only:
+    /// 1. raise the high-water ingest time to `batch.ingest_ms` if it is newer;
+    /// 2. forget dedup ids older than the window and drop buckets past retention;
+    /// 3. for each event: a remembered id is a duplicate; otherwise remember it and count
+    ///    it into the minute, hour and day bucket of its event time — skipping a
+    ///    granularity whose retention has already passed that bucket, so the result does
+    ///    not depend on how events were split into entries.
+    pub fn apply(&mut self, log_index: u64, batch: &IngestBatch) -> Vec<BatchOutcome> {
+        let state = &mut self.analytic;
+        let now = state
+            .high_water_ms
+            .map_or(batch.ingest_ms, |seen| seen.max(batch.ingest_ms));
+        state.high_water_ms = Some(now);
+        state.dedup.expire(now);
+        let cutoffs = Granularity::ALL.map(|g| (g, now.saturating_sub(g.retention_ms())));
+        for (granularity, cutoff) in cutoffs {
+            state.series_mut(granularity).evict_before(cutoff);
+        }
+
+        let mut outcomes = Vec::with_capacity(batch.requests.len());
+        for request in &batch.requests {
+            let mut outcome = BatchOutcome {
+                accepted: u32::try_from(request.len()).unwrap_or(u32::MAX),
+                duplicates: 0,
+            };
+            for event in request {
+                if !state.dedup.insert(&event.event_id, now) {
+                    outcome.duplicates = outcome.duplicates.saturating_add(1);
+                    continue;
+                }
+                state.events_applied = state.events_applied.saturating_add(1);
+                let key = GroupKey::of(event);
+                for (granularity, cutoff) in cutoffs {
+                    let bucket_ms = granularity.bucket_start(event.ts_ms);
+                    if bucket_ms >= cutoff {
+                        state.series_mut(granularity).add(bucket_ms, &key, event);
+                    }
+                }
+            }
+            outcomes.push(outcome);
+        }
+        self.applied_index = self.applied_index.max(log_index);
+        outcomes
+    }
+
+    /// Answers an aggregate query. Rows are sorted by `(bucket_ms, group values)`.
+    pub fn query(&self, query: &AggregateQuery) -> Vec<AggregateRow> {
+        run_query(self.analytic.series(query.granularity), query)
+    }
+
+    /// Hex SHA-256 over the canonical encoding of the analytic state: high-water ingest
+    /// time, counters, the dedup window in order, and every bucket of every granularity
+    /// in key order. Equal states give equal digests; it excludes the applied index.
+    pub fn digest(&self) -> String {
+        let mut hasher = HashWriter(Sha256::new());
+        hasher.0.update(DIGEST_DOMAIN);
+        // Encoding into a hasher cannot fail: the writer never errors and every type
+        // here is serializable. Should it ever fail, the digest still differs from any
+        // real one because the error text is hashed in.
+        if let Err(err) = bincode::serde::encode_into_std_write(
+            &self.analytic,
+            &mut hasher,
+            bincode::config::standard(),
+        ) {
+            hasher.0.update(format!("encode error: {err}").as_bytes());
+        }
+        hex::encode(hasher.0.finalize())
+    }
+
+    pub fn stats(&self) -> StateStats {
+        StateStats {
+            buckets_minute: self.analytic.minute.rows(),
+            buckets_hour: self.analytic.hour.rows(),
+            buckets_day: self.analytic.day.rows(),
+            dedup_ids: self.analytic.dedup.len(),
+            events_applied: self.analytic.events_applied,
+        }
+    }
+}
+
+/// Streams bincode output straight into the hash: no full copy of the state in memory.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,448 @@
+use super::*;
+use crate::aggregate::{
+    KeyColumn, Measures, DAY_RETENTION_MS, HOUR_RETENTION_MS, MINUTE_RETENTION_MS,
+};
+use crate::dedup::DEDUP_WINDOW_MS;
+use crate::event::{Event, Kind};
+
+/// 2024-05-01T12:00:00Z
+const T0: i64 = 1_714_564_800_000;
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
+
+fn ev(id: &str, ts_ms: i64, api: &str) -> Event {
+    Event {
+        event_id: id.into(),
+        ts_ms,
+        api_name: api.into(),
+        api_version: "v1".into(),
+        response_code: Some(200),
+        ..Event::default()
+    }
+}
+
+fn entry(ingest_ms: i64, requests: Vec<Vec<Event>>) -> IngestBatch {
+    IngestBatch {
+        ingest_ms,
+        requests,
+    }
+}
+
+fn outcome(accepted: u32, duplicates: u32) -> BatchOutcome {
+    BatchOutcome {
+        accepted,
+        duplicates,
+    }
+}
+
+fn total_requests(state: &State, granularity: Granularity) -> u64 {
+    let query = AggregateQuery {
+        group_by: vec![],
+        ..AggregateQuery::new(granularity)
+    };
+    state
+        .query(&query)
+        .iter()
+        .map(|r| r.measures.requests)
+        .sum()
+}
+
+#[test]
+fn duplicates_inside_request_entry_and_window_are_acknowledged_not_counted() {
+    let mut state = State::new();
+    let outcomes = state.apply(
+        1,
+        &entry(
+            T0,
+            vec![
+                vec![ev("a", T0, "p"), ev("a", T0, "p"), ev("b", T0, "p")],
+                vec![ev("b", T0, "p"), ev("c", T0, "p")],
+                vec![],
+            ],
+        ),
+    );
+    assert_eq!(outcomes, [outcome(3, 1), outcome(2, 1), outcome(0, 0)]);
+    let outcomes = state.apply(
+        2,
+        &entry(T0 + 1000, vec![vec![ev("c", T0, "p"), ev("d", T0, "p")]]),
+    );
+    assert_eq!(outcomes, [outcome(2, 1)]);
+    assert_eq!(total_requests(&state, Granularity::Minute), 4);
+    assert_eq!(state.stats().events_applied, 4);
+    assert_eq!(state.stats().dedup_ids, 4);
+    assert_eq!(state.applied_index(), 2);
+}
+
+#[test]
+fn dedup_window_expires_by_ingest_time() {
+    let mut state = State::new();
+    state.apply(1, &entry(T0, vec![vec![ev("a", T0, "p")]]));
+    // Exactly one window later the id is still remembered.
+    let o = state.apply(
+        2,
+        &entry(T0 + DEDUP_WINDOW_MS, vec![vec![ev("a", T0, "p")]]),
+    );
+    assert_eq!(o, [outcome(1, 1)]);
+    // One millisecond more and it is forgotten: the retry counts again (documented).
+    let o = state.apply(
+        3,
+        &entry(T0 + DEDUP_WINDOW_MS + 1, vec![vec![ev("a", T0, "p")]]),
+    );
+    assert_eq!(o, [outcome(1, 0)]);
+    assert_eq!(total_requests(&state, Granularity::Hour), 2);
+    // The re-counted id is remembered from its new first-count time.
+    let o = state.apply(
+        4,
+        &entry(T0 + 2 * DEDUP_WINDOW_MS, vec![vec![ev("a", T0, "p")]]),
+    );
+    assert_eq!(o, [outcome(1, 1)]);
+}
+
+#[test]
+fn ingest_time_going_backwards_does_not_rewind_expiry() {
+    let mut state = State::new();
+    state.apply(1, &entry(T0, vec![vec![ev("a", T0, "p")]]));
+    state.apply(
+        2,
+        &entry(T0 + DEDUP_WINDOW_MS + 5, vec![vec![ev("b", T0, "p")]]),
+    );
+    assert_eq!(state.stats().dedup_ids, 1, "a expired");
+    // A new leader with a clock 10 s behind: ids are stamped with the high-water time,
+    // so "c" lives a full window from the newest time seen.
+    let skewed = T0 + DEDUP_WINDOW_MS + 5 - 10_000;
+    let o = state.apply(
+        3,
+        &entry(skewed, vec![vec![ev("a", T0, "p"), ev("c", T0, "p")]]),
+    );
+    assert_eq!(o, [outcome(2, 0)]);
+    assert_eq!(state.analytic.high_water_ms, Some(T0 + DEDUP_WINDOW_MS + 5));
+    let later = T0 + 2 * DEDUP_WINDOW_MS + 5;
+    let o = state.apply(4, &entry(later, vec![vec![ev("c", T0, "p")]]));
+    assert_eq!(
+        o,
+        [outcome(1, 1)],
+        "still inside the window measured from the high water"
+    );
+}
+
+#[test]
+fn dedup_cap_evicts_oldest_first() {
+    let mut state = State::with_dedup_cap(3);
+    let events = ["a", "b", "c", "d"].map(|id| ev(id, T0, "p")).to_vec();
+    let o = state.apply(1, &entry(T0, vec![events]));
+    assert_eq!(o, [outcome(4, 0)]);
+    assert_eq!(state.stats().dedup_ids, 3);
+    // "a" was evicted by the cap: it counts again; "d" is still remembered.
+    let o = state.apply(
+        2,
+        &entry(T0, vec![vec![ev("d", T0, "p"), ev("a", T0, "p")]]),
+    );
+    assert_eq!(o, [outcome(2, 1)]);
+    assert_eq!(total_requests(&state, Granularity::Day), 5);
+    // Adding "a" evicted "b", the oldest remaining.
+    let o = state.apply(
+        3,
+        &entry(T0, vec![vec![ev("b", T0, "p"), ev("c", T0, "p")]]),
+    );
+    assert_eq!(
+        o,
+        [outcome(2, 0)],
+        "b evicted, then c evicted by b's return"
+    );
+}
+
+#[test]
+fn production_state_uses_the_constants() {
+    let state = State::new();
+    assert_eq!(
+        state.analytic.dedup,
+        DedupWindow::with_max_ids(crate::DEDUP_MAX_IDS)
+    );
+    assert_eq!(crate::DEDUP_MAX_IDS, 2_000_000);
+    assert_eq!(DEDUP_WINDOW_MS, 3_600_000);
+    assert_eq!(MINUTE_RETENTION_MS, 48 * HOUR);
+    assert_eq!(HOUR_RETENTION_MS, 90 * DAY);
+    assert_eq!(DAY_RETENTION_MS, 3 * 365 * DAY);
+}
+
+#[test]
+fn retention_drops_old_buckets_per_granularity() {
+    let mut state = State::new();
+    state.apply(1, &entry(T0, vec![vec![ev("a", T0, "p")]]));
+    assert_eq!(
+        state.stats(),
+        StateStats {
+            buckets_minute: 1,
+            buckets_hour: 1,
+            buckets_day: 1,
+            dedup_ids: 1,
+            events_applied: 1
+        }
+    );
+    // The minute bucket of T0 starts at T0; it survives while T0 >= now - 48h.
+    state.apply(2, &entry(T0 + MINUTE_RETENTION_MS, vec![]));
+    assert_eq!(state.stats().buckets_minute, 1);
+    state.apply(3, &entry(T0 + MINUTE_RETENTION_MS + 1, vec![]));
+    assert_eq!(state.stats().buckets_minute, 0);
+    assert_eq!(state.stats().buckets_hour, 1);
+    assert_eq!(state.stats().dedup_ids, 0, "dedup window expired as well");
+
+    state.apply(4, &entry(T0 + HOUR_RETENTION_MS + 1, vec![]));
+    assert_eq!(
+        (state.stats().buckets_hour, state.stats().buckets_day),
+        (0, 1)
+    );
+    state.apply(5, &entry(T0 + DAY_RETENTION_MS + 1, vec![]));
+    assert_eq!(state.stats().buckets_day, 0);
+    assert_eq!(
+        state.stats().events_applied,
+        1,
+        "history counter is not evicted"
+    );
+}
+
+#[test]
+fn late_events_skip_granularities_already_past_retention() {
+    let mut state = State::new();
+    let now = T0 + 10 * DAY;
+    // Ten days late: too old for minute buckets, fine for hour and day.
+    state.apply(1, &entry(now, vec![vec![ev("late", T0, "p")]]));
+    assert_eq!(state.stats().buckets_minute, 0);
+    assert_eq!(total_requests(&state, Granularity::Hour), 1);
+    assert_eq!(total_requests(&state, Granularity::Day), 1);
+}
+
+/// A small fixed data set over two hours, two APIs, two versions, two methods.
+fn populated() -> State {
+    let mut state = State::new();
+    let mut events = Vec::new();
+    let mut push =
+        |id: &str, ts: i64, api: &str, version: &str, method: Option<&str>, code: u16| {
+            events.push(Event {
+                method: method.map(str::to_string),
+                api_version: version.into(),
+                response_code: Some(code),
+                response_time_ms: Some(u64::from(code) / 10),
+                ..ev(id, ts, api)
+            });
+        };
+    push("1", T0, "pets", "v1", Some("GET"), 200);
+    push("2", T0 + 30_000, "pets", "v1", Some("POST"), 404);
+    push("3", T0 + 59_999, "pets", "v2", Some("GET"), 500);
+    push("4", T0 + MINUTE, "pets", "v1", Some("GET"), 200);
+    push("5", T0 + HOUR - 1, "store", "v1", None, 200);
+    push("6", T0 + HOUR, "store", "v1", None, 503);
+    state.apply(1, &entry(T0 + 2 * HOUR, vec![events]));
+    state
+}
+
+#[test]
+fn query_groups_sorts_and_merges() {
+    let state = populated();
+    let all = AggregateQuery::new(Granularity::Minute);
+    let rows = state.query(&all);
+    let shape: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let method = &r.group[5].1;
+            (
+                r.bucket_ms,
+                r.group[1].1.as_str(),
+                r.group[2].1.as_str(),
+                method.as_str(),
+                r.measures.requests,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (T0, "pets", "v1", "GET", 1),
+            (T0, "pets", "v1", "POST", 1),
+            (T0, "pets", "v2", "GET", 1),
+            (T0 + MINUTE, "pets", "v1", "GET", 1),
+            (T0 + HOUR - MINUTE, "store", "v1", "", 1),
+            (T0 + HOUR, "store", "v1", "", 1),
+        ]
+    );
+    assert_eq!(
+        rows[0].group.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        KeyColumn::ALL,
+        "group columns in group_by order"
+    );
+
+    let by_api_hour = AggregateQuery {
+        group_by: vec![KeyColumn::ApiName],
+        ..AggregateQuery::new(Granularity::Hour)
+    };
+    let rows = state.query(&by_api_hour);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].bucket_ms, T0);
+    assert_eq!(rows[0].group, [(KeyColumn::ApiName, "pets".to_string())]);
+    assert_eq!(
+        rows[0].measures,
+        Measures {
+            requests: 4,
+            errors_4xx: 1,
+            errors_5xx: 1,
+            latency_count: 4,
+            latency_sum_ms: 20 + 40 + 50 + 20,
+            latency_min_ms: Some(20),
+            latency_max_ms: Some(50),
+            ..Measures::default()
+        }
+    );
+    assert_eq!(
+        (rows[1].bucket_ms, rows[1].group[0].1.as_str()),
+        (T0, "store")
+    );
+    assert_eq!(
+        (rows[2].bucket_ms, rows[2].measures.errors_5xx),
+        (T0 + HOUR, 1)
+    );
+
+    // Group order follows group_by, and sorting follows the group values.
+    let method_then_api = AggregateQuery {
+        group_by: vec![KeyColumn::Method, KeyColumn::ApiName],
+        ..AggregateQuery::new(Granularity::Day)
+    };
+    let groups: Vec<_> = state
+        .query(&method_then_api)
+        .into_iter()
+        .map(|r| {
+            (
+                r.group[0].1.clone(),
+                r.group[1].1.clone(),
+                r.measures.requests,
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("".to_string(), "store".to_string(), 2),
+            ("GET".to_string(), "pets".to_string(), 3),
+            ("POST".to_string(), "pets".to_string(), 1),
+        ]
+    );
+
+    let nothing = AggregateQuery {
+        group_by: vec![],
+        ..AggregateQuery::new(Granularity::Day)
+    };
+    let rows = state.query(&nothing);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].group.is_empty());
+    assert_eq!(rows[0].measures.requests, 6);
+}
+
+#[test]
+fn query_filters_and_exclusive_to() {
+    let state = populated();
+    let minute = |from, to, api: Option<&str>, version: Option<&str>| AggregateQuery {
+        from_ms: from,
+        to_ms: to,
+        api: api.map(str::to_string),
+        version: version.map(str::to_string),
+        group_by: vec![],
+        ..AggregateQuery::new(Granularity::Minute)
+    };
+    let buckets = |q: &AggregateQuery| -> Vec<(i64, u64)> {
+        state
+            .query(q)
+            .iter()
+            .map(|r| (r.bucket_ms, r.measures.requests))
+            .collect()
+    };
+    assert_eq!(
+        buckets(&minute(Some(T0), Some(T0 + MINUTE), None, None)),
+        [(T0, 3)]
+    );
+    assert_eq!(
+        buckets(&minute(Some(T0), Some(T0 + MINUTE + 1), None, None)),
+        [(T0, 3), (T0 + MINUTE, 1)]
+    );
+    // `from` compares with the bucket start: a bucket starting before it is excluded.
+    assert_eq!(
+        buckets(&minute(Some(T0 + 1), Some(T0 + 2 * MINUTE), None, None)),
+        [(T0 + MINUTE, 1)]
+    );
+    assert_eq!(
+        buckets(&minute(Some(T0 + HOUR), None, None, None)),
+        [(T0 + HOUR, 1)]
+    );
+    assert_eq!(buckets(&minute(None, Some(T0), None, None)), []);
+    assert_eq!(
+        buckets(&minute(Some(T0 + 5), Some(T0), None, None)),
+        [],
+        "empty range"
+    );
+    assert_eq!(
+        buckets(&minute(None, None, Some("pets"), Some("v2"))),
+        [(T0, 1)]
+    );
+    assert_eq!(
+        buckets(&minute(None, None, None, Some("v1"))),
+        [
+            (T0, 2),
+            (T0 + MINUTE, 1),
+            (T0 + HOUR - MINUTE, 1),
+            (T0 + HOUR, 1)
+        ]
+    );
+    assert_eq!(buckets(&minute(None, None, Some("nope"), None)), []);
+}
+
+#[test]
+fn digest_tracks_every_part_of_the_state() {
+    let base = populated();
+    let digest = base.digest();
+    assert_eq!(digest.len(), 64);
+    assert_eq!(digest, base.clone().digest(), "deterministic");
+    assert_ne!(digest, State::new().digest());
+
+    // One measure of one row changed by one.
+    let mut tweaked = base.clone();
+    let mut buckets = tweaked.analytic.hour.buckets().clone();
+    let measures = buckets
+        .values_mut()
+        .next()
+        .unwrap()
+        .values_mut()
+        .next()
+        .unwrap();
+    measures.bytes_sum += 1;
+    tweaked.analytic.hour = Series::from_buckets(buckets);
+    assert_ne!(tweaked.digest(), digest);
+
+    // One more remembered id and nothing else (only reachable through the window itself,
+    // since apply always counts a new id somewhere).
+    let mut more_ids = base.clone();
+    more_ids.analytic.dedup.insert("extra", T0);
+    assert_ne!(more_ids.digest(), digest);
+
+    // The high-water ingest time alone.
+    let mut later = base.clone();
+    later.apply(2, &entry(T0 + 2 * HOUR + 1, vec![]));
+    assert_ne!(later.digest(), digest);
+
+    // The applied index alone does not change it (documented).
+    let mut same = base.clone();
+    same.applied_index = 99;
+    assert_eq!(same.digest(), digest);
+}
+
+#[test]
+fn a_fault_changes_the_digest_but_not_request_counts() {
+    let mut state = populated();
+    let before = state.digest();
+    let fault = Event {
+        kind: Kind::Fault,
+        response_code: None,
+        ..ev("f", T0, "pets")
+    };
+    state.apply(2, &entry(T0 + 2 * HOUR, vec![vec![fault]]));
+    assert_ne!(state.digest(), before);
+    assert_eq!(total_requests(&state, Granularity::Day), 6);
+}

@@ -1,0 +1,131 @@
+//! `POST /v1/events`: validate, then commit through the leader.
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::collections::HashMap;
+
+use analytics::BodyFormat;
+use tally_raft::IngestError;
+
+use crate::error::ApiError;
+use crate::forward::was_forwarded;
+use crate::{read_body, AppState};
+
+pub async fn post_events(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(app, params, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    app: AppState,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    for key in params.keys() {
+        if key != "redirect" {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {key:?} (only \"redirect\" is accepted)"
+            )));
+        }
+    }
+    let redirect = params.contains_key("redirect");
+    let bytes = read_body(body, app.limits.max_body_bytes).await?;
+    let format = body_format(&headers)?;
+    // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
+    // and changes nothing anywhere.
+    let events = analytics::parse_events(&bytes, format).map_err(|e| {
+        let details = e
+            .details
+            .iter()
+            .map(|d| json!({"record": d.record, "field": d.field, "message": d.message}))
+            .collect();
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_events", e.message.clone())
+            .with_details(details)
+    })?;
+
+    match app.node.ingest(events).await {
+        Ok(ack) => Ok((
+            StatusCode::OK,
+            axum::Json(json!({
+                "accepted": ack.accepted,
+                "duplicates": ack.duplicates,
+                "index": ack.index,
+            })),
+        )
+            .into_response()),
+        Err(IngestError::NotLeader { leader: Some((id, node)) }) if id != app.node.id => {
+            if was_forwarded(&headers) {
+                return Err(ApiError::unavailable(
+                    "leader_changed",
+                    format!("leadership is moving (node {id} is leader now); retry"),
+                ));
+            }
+            let path = "/v1/events";
+            if redirect {
+                let location = format!("http://{}{path}", node.addr);
+                return Ok((
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, location)],
+                    axum::Json(json!({"leader": id, "location": format!("http://{}{path}", node.addr)})),
+                )
+                    .into_response());
+            }
+            Ok(app
+                .forwarder
+                .forward(&node.addr, Method::POST, path, &headers, bytes)
+                .await)
+        }
+        Err(IngestError::NotLeader { .. }) => Err(ApiError::unavailable(
+            "no_leader",
+            "no leader is known right now (election in progress or no quorum); retry",
+        )),
+        Err(IngestError::WitnessLeader) => Err(ApiError::unavailable(
+            "witness_leader",
+            "the witness holds leadership and cannot acknowledge events; retry shortly",
+        )),
+        Err(IngestError::Overloaded) => Err(ApiError::unavailable(
+            "overloaded",
+            "the ingest queue is full; retry after a moment",
+        )),
+        Err(IngestError::Unknown(m)) => Err(ApiError::unavailable(
+            "outcome_unknown",
+            format!("{m}; the events may or may not be counted: retry with the same event ids (duplicates are counted once)"),
+        )),
+        Err(IngestError::Unavailable(m)) => Err(ApiError::unavailable("unavailable", m)),
+    }
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(BodyFormat::Json);
+    };
+    let ct = ct
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Content-Type is not valid text"))?;
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::Ndjson),
+        "application/json" | "" | "text/plain" => Ok(BodyFormat::Json),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type {other:?} is not accepted: use application/json or application/x-ndjson"),
+        )),
+    }
+}

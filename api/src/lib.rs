@@ -1,0 +1,111 @@
+//! Tally's HTTP API (SPEC §2, §4, §5) and the server half of Raft RPC.
+//!
+//! * `POST /v1/events` — validate (400 names record and field), then commit through the
+//!   leader; followers and the witness forward (or answer 307 with `?redirect`).
+//! * `GET /v1/aggregates`, `GET /v1/state/digest` — analytic reads from a data node's state;
+//!   the witness forwards them and never answers from state of its own.
+//! * `GET /v1/cluster`, `POST /v1/cluster/init`, `/healthz`, `/readyz`, `/metrics`.
+//! * `/raft/*` — Raft RPC, bincode bodies, refused without the cluster secret.
+//!
+//! Nothing reachable from the network panics: every handler turns failures into a JSON
+//! error (`{"error": {"code", "message", "details"}}`) with a 4xx or 503.
+
+pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod ingest;
+pub mod raft_rpc;
+pub mod reads;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+
+use error::ApiError;
+use forward::Forwarder;
+use tally_raft::Node;
+
+/// Request size limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest `POST /v1/events` body; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub forwarder: Forwarder,
+    pub secret: Arc<str>,
+    pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(node: Arc<Node>, limits: Limits) -> Result<Self, reqwest::Error> {
+        Ok(AppState {
+            forwarder: Forwarder::new(node.id)?,
+            secret: node.options.secret.clone().into(),
+            node,
+            limits,
+        })
+    }
+}
+
+/// The complete router of a node.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/aggregates", get(reads::get_aggregates))
+        .route("/v1/state/digest", get(reads::get_digest))
+        .route("/v1/cluster", get(cluster::get_cluster))
+        .route("/v1/cluster/init", post(cluster::post_init))
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
+        .route("/metrics", get(cluster::metrics))
+        .route(tally_raft::rpc::path::APPEND, post(raft_rpc::append))
+        .route(tally_raft::rpc::path::VOTE, post(raft_rpc::vote))
+        .route(tally_raft::rpc::path::PRE_VOTE, post(raft_rpc::pre_vote))
+        .route(tally_raft::rpc::path::SNAPSHOT, post(raft_rpc::snapshot))
+        .route(
+            tally_raft::rpc::path::TRANSFER_LEADER,
+            post(raft_rpc::transfer_leader),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Bodies are read with explicit limits in the handlers (`read_body`), which answer
+        // with our JSON 413 rather than axum's plain-text one.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes with 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e)
+            .map(|s| s.is::<http_body_util::LengthLimitError>())
+            .unwrap_or(false)
+            || e.to_string().contains("length limit");
+        if too_big {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body is larger than {limit} bytes; split the batch"),
+            )
+        } else {
+            ApiError::bad_request(format!("could not read request body: {e}"))
+        }
+    })
+}

@@ -1,0 +1,102 @@
+//! The server half of Raft RPC: `/raft/*`, bincode bodies, refused without the cluster secret.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::Serialize;
+
+use tally_raft::rpc;
+use tally_raft::types::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use tally_raft::Role;
+
+use crate::{read_body, AppState};
+
+/// Snapshots travel in one request; this bounds what a peer may make us buffer.
+const MAX_RPC_BYTES: usize = 1 << 30;
+
+fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Response {
+    match result {
+        Ok(value) => match rpc::encode(&value) {
+            Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        },
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// Checks the secret and decodes the body, or says why not.
+async fn accept<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Response> {
+    let given = headers
+        .get(rpc::SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !rpc::secret_matches(&app.secret, given) {
+        return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
+    }
+    let bytes = read_body(body, MAX_RPC_BYTES)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    rpc::decode(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+}
+
+pub async fn append(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match accept::<AppendEntriesRequest<TypeConfig>>(&app, &headers, body).await {
+        Ok(req) => reply(app.node.raft.append_entries(req).await),
+        Err(resp) => resp,
+    }
+}
+
+pub async fn vote(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match accept::<VoteRequest<TypeConfig>>(&app, &headers, body).await {
+        Ok(req) => reply(app.node.raft.vote(req).await),
+        Err(resp) => resp,
+    }
+}
+
+pub async fn pre_vote(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match accept::<VoteRequest<TypeConfig>>(&app, &headers, body).await {
+        Ok(req) => reply(app.node.raft.pre_vote(req).await),
+        Err(resp) => resp,
+    }
+}
+
+pub async fn snapshot(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (vote, meta, data) =
+        match accept::<(Vote, SnapshotMeta, SnapshotData)>(&app, &headers, body).await {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        };
+    // A data node installs only real analytic state. Refusing here (before openraft sees
+    // it) keeps a bad snapshot from becoming a storage error that stops the node.
+    if app.node.role == Role::Data {
+        if let Err(e) = analytics::State::decode_snapshot(&data) {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("refusing snapshot without valid analytic state: {e}"),
+            )
+                .into_response();
+        }
+    }
+    let snapshot = openraft::Snapshot {
+        meta,
+        snapshot: data,
+    };
+    reply(app.node.raft.install_full_snapshot(vote, snapshot).await)
+}
+
+pub async fn transfer_leader(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match accept::<TransferLeaderRequest<TypeConfig>>(&app, &headers, body).await {
+        Ok(req) => reply(app.node.raft.handle_transfer_leader(req).await),
+        Err(resp) => resp,
+    }
+}

@@ -1,0 +1,217 @@
+//! Group commit on the leader: many concurrent ingest requests become one Raft entry.
+//!
+//! Requests queue in a bounded channel. A single loop takes whatever is queued (up to
+//! [`BatcherConfig::max_events_per_entry`]), stamps it with the proposer's clock, and proposes
+//! it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at once, so
+//! while the log is syncing the next group is already forming. A full queue is refused at
+//! once ([`IngestError::Overloaded`]) rather than buffered without bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use analytics::{Event, IngestBatch};
+use openraft::errors::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::types::{NodeId, Raft, Request, TallyNode};
+
+#[derive(Clone, Debug)]
+pub struct BatcherConfig {
+    /// Requests that may wait for a proposal; beyond this, ingest answers 503.
+    pub queue_requests: usize,
+    /// A group stops growing once it holds this many events.
+    pub max_events_per_entry: usize,
+    /// Entries proposed but not yet applied, at most.
+    pub max_inflight: usize,
+    /// How long a proposal may take before the request is answered with an unknown outcome.
+    pub commit_timeout: Duration,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        BatcherConfig {
+            queue_requests: 4096,
+            max_events_per_entry: 20_000,
+            max_inflight: 4,
+            commit_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a committed, applied request returns to its client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestAck {
+    pub accepted: u32,
+    pub duplicates: u32,
+    /// Raft log index of the entry that carried the request.
+    pub index: u64,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum IngestError {
+    /// This node is not the leader; the caller should forward to `leader` if known.
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<(NodeId, TallyNode)> },
+    /// The witness holds leadership; it cannot compute acknowledgements.
+    #[error("the witness is leader; writes resume when a data node takes over")]
+    WitnessLeader,
+    #[error("ingest queue is full")]
+    Overloaded,
+    /// The entry may or may not commit; retrying with the same event ids is safe.
+    #[error("commit outcome unknown: {0}")]
+    Unknown(String),
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
+
+struct Job {
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<IngestAck, IngestError>>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub requests: AtomicU64,
+    pub events: AtomicU64,
+    pub entries: AtomicU64,
+    pub rejected_overload: AtomicU64,
+}
+
+/// The handle request handlers submit to.
+#[derive(Clone)]
+pub struct IngestQueue {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<IngestStats>,
+}
+
+impl IngestQueue {
+    /// Starts the batching loop for `raft` and returns the handle that feeds it.
+    pub fn start(raft: Raft, config: BatcherConfig) -> IngestQueue {
+        let (tx, rx) = mpsc::channel(config.queue_requests.max(1));
+        let stats = Arc::new(IngestStats::default());
+        tokio::spawn(run(raft, config, rx, stats.clone()));
+        IngestQueue { tx, stats }
+    }
+
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    /// Queues one client request and waits until it is committed and applied.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<IngestAck, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Job { events, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
+                    IngestError::Overloaded
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    IngestError::Unavailable("node is shutting down".into())
+                }
+            })?;
+        rx.await
+            .unwrap_or_else(|_| Err(IngestError::Unknown("proposal task ended".into())))
+    }
+}
+
+async fn run(
+    raft: Raft,
+    config: BatcherConfig,
+    mut rx: mpsc::Receiver<Job>,
+    stats: Arc<IngestStats>,
+) {
+    let inflight = Arc::new(Semaphore::new(config.max_inflight.max(1)));
+    loop {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut events = first.events.len();
+        let mut jobs = vec![first];
+        while events < config.max_events_per_entry {
+            match rx.try_recv() {
+                Ok(job) => {
+                    events += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.entries.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        stats.events.fetch_add(events as u64, Ordering::Relaxed);
+        let raft = raft.clone();
+        let timeout = config.commit_timeout;
+        tokio::spawn(async move {
+            commit(raft, jobs, timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
+    let mut requests = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        requests.push(job.events);
+        replies.push(job.reply);
+    }
+    // The ingest time is stamped here, by the proposer, so that every replica applies the
+    // same bytes: apply itself never reads a clock.
+    let entry = Request::Ingest(IngestBatch {
+        ingest_ms: now_ms(),
+        requests,
+    });
+    let err = match tokio::time::timeout(timeout, raft.client_write(entry)).await {
+        Err(_) => IngestError::Unknown(format!("not committed within {} ms", timeout.as_millis())),
+        Ok(Ok(resp)) if !resp.data.applied_analytics => IngestError::WitnessLeader,
+        Ok(Ok(resp)) => {
+            let index = resp.log_id.index;
+            let outcomes = resp.data.outcomes;
+            if outcomes.len() != replies.len() {
+                // Cannot happen with a correct state machine; never acknowledge on a guess.
+                IngestError::Unknown(format!(
+                    "apply returned {} outcomes for {} requests",
+                    outcomes.len(),
+                    replies.len()
+                ))
+            } else {
+                for (reply, o) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(IngestAck {
+                        accepted: o.accepted,
+                        duplicates: o.duplicates,
+                        index,
+                    }));
+                }
+                return;
+            }
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            IngestError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            }
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            IngestError::Unknown("leadership changed while committing".into())
+        }
+        Ok(Err(e)) => IngestError::Unavailable(e.to_string()),
+    };
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
+    }
+}

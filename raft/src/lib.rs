@@ -1,0 +1,24 @@
+//! Tally's Raft layer: openraft wired to the analytics state machine.
+//!
+//! * [`types`] — the openraft type configuration and the entry payload ([`Request`]).
+//! * [`state_machine`] — applies committed entries to [`analytics::State`] on a data node and
+//!   nothing on a witness; builds and installs checksummed snapshot files.
+//! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret.
+//! * [`batcher`] — group commit: concurrent ingest requests become one entry.
+//! * [`node`] — assembles a node from its options.
+//!
+//! Invariants kept here: an ingest request is acknowledged only after its entry is committed
+//! (fsynced on a majority by the log store) and applied on the leader; the proposer stamps
+//! the ingest time into the entry so `apply` never reads a clock; a witness never builds,
+//! keeps or ships analytic state.
+
+pub mod batcher;
+pub mod network;
+pub mod node;
+pub mod rpc;
+pub mod state_machine;
+pub mod types;
+
+pub use batcher::{BatcherConfig, IngestAck, IngestError};
+pub use node::{Node, NodeError, NodeOptions, RaftTiming};
+pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};

@@ -1,0 +1,189 @@
+//! The client half of Raft RPC: openraft's network traits over HTTP with bincode bodies.
+//!
+//! Every request carries the cluster secret in [`rpc::SECRET_HEADER`]; the server half (in
+//! the `api` crate) refuses requests without it. Connection failures are reported as
+//! `Unreachable` so openraft backs off; other failures as `Network` so it retries.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::rpc::{self, path};
+use crate::types::{NodeId, Snapshot, SnapshotData, TallyNode, TypeConfig, Vote};
+
+/// Creates one [`PeerClient`] per target node; all share one HTTP connection pool.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    http: reqwest::Client,
+    secret: String,
+}
+
+impl HttpNetwork {
+    pub fn new(secret: impl Into<String>) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(HttpNetwork {
+            http,
+            secret: secret.into(),
+        })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &TallyNode) -> PeerClient {
+        PeerClient {
+            target,
+            base: format!("http://{}", node.addr),
+            http: self.http.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
+/// Sends Raft RPCs to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    base: String,
+    http: reqwest::Client,
+    secret: String,
+}
+
+/// Why one RPC failed, before it is mapped onto the error type a given openraft call wants.
+enum Failure {
+    Unreachable(String),
+    Network(String),
+}
+
+impl PeerClient {
+    async fn call<Req, Resp>(
+        &self,
+        rpc_path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Failure>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let body = rpc::encode(req).map_err(|e| Failure::Network(e.to_string()))?;
+        let url = format!("{}{}", self.base, rpc_path);
+        let resp = self
+            .http
+            .post(&url)
+            .header(rpc::SECRET_HEADER, &self.secret)
+            .header("content-type", "application/octet-stream")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                let msg = format!("node {} at {url}: {e}", self.target);
+                if e.is_connect() || e.is_timeout() {
+                    Failure::Unreachable(msg)
+                } else {
+                    Failure::Network(msg)
+                }
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            Failure::Network(format!("node {}: reading response: {e}", self.target))
+        })?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            let msg = format!("node {} answered {status}: {}", self.target, text.trim());
+            // A node that is shutting down or refuses our secret will not get better by
+            // hammering it: back off.
+            return Err(Failure::Unreachable(msg));
+        }
+        rpc::decode(&bytes).map_err(|e| Failure::Network(format!("node {}: {e}", self.target)))
+    }
+}
+
+fn rpc_error(f: Failure) -> RPCError<TypeConfig> {
+    match f {
+        Failure::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
+        Failure::Network(m) => RPCError::Network(NetworkError::from_string(m)),
+    }
+}
+
+fn streaming_error(f: Failure) -> StreamingError<TypeConfig> {
+    match f {
+        Failure::Unreachable(m) => StreamingError::Unreachable(Unreachable::from_string(m)),
+        Failure::Network(m) => StreamingError::Network(NetworkError::from_string(m)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(path::APPEND, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(path::VOTE, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(path::PRE_VOTE, &rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        // A snapshot can be large: give it the whole hard TTL and at least a minute.
+        let timeout = option.hard_ttl().max(Duration::from_secs(60));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = self.call(path::SNAPSHOT, &req, timeout) => res.map_err(streaming_error),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(path::TRANSFER_LEADER, &req, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+}

@@ -1,0 +1,316 @@
+//! One Tally node: its log, state machine, openraft instance and ingest queue, assembled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use tally_storage::{LogStore, SnapshotFiles};
+
+use crate::batcher::{BatcherConfig, IngestAck, IngestError, IngestQueue};
+use crate::network::HttpNetwork;
+use crate::state_machine::{SharedState, StateMachine};
+use crate::types::{NodeId, Raft, RaftMetrics, Role, TallyNode, TypeConfig};
+
+/// Snapshot files kept on disk per node.
+const SNAPSHOTS_KEPT: usize = 3;
+
+/// Everything needed to start a node; filled from the CLI's configuration.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    pub role: Role,
+    pub data_dir: PathBuf,
+    pub secret: String,
+    /// Initial cluster: id → `host:port`. Used by cluster init.
+    pub members: BTreeMap<NodeId, String>,
+    pub witnesses: BTreeSet<NodeId>,
+    pub timing: RaftTiming,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind a snapshot (lets a briefly lagging follower catch up
+    /// from the log instead of a snapshot).
+    pub log_keep_behind_snapshot: u64,
+    pub batcher: BatcherConfig,
+}
+
+/// Raft timers, in milliseconds.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 900,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Storage(#[from] tally_storage::StorageError),
+    #[error("state machine: {0}")]
+    StateMachine(#[from] std::io::Error),
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// A running node.
+pub struct Node {
+    pub id: NodeId,
+    pub role: Role,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub log: LogStore<TypeConfig>,
+    pub snapshots: Arc<SnapshotFiles>,
+    pub ingest: IngestQueue,
+    recovered: Arc<AtomicBool>,
+    pub options: NodeOptions,
+}
+
+impl Node {
+    /// Opens storage, recovers, and starts Raft. The node joins a cluster when some member
+    /// runs [`Node::initialize`] (or it already belongs to one).
+    pub async fn start(options: NodeOptions) -> Result<Arc<Node>, NodeError> {
+        let raft_dir = options.data_dir.join("raft");
+        let log = LogStore::<TypeConfig>::open(&raft_dir.join("log"))?;
+        let snapshots = Arc::new(SnapshotFiles::open(
+            &raft_dir.join("snapshots"),
+            SNAPSHOTS_KEPT,
+        )?);
+        let sm = StateMachine::open(options.role, snapshots.clone())?;
+        let state = sm.shared();
+
+        let config = raft_config(&options)?;
+        let network = HttpNetwork::new(options.secret.clone())
+            .map_err(|e| NodeError::Config(format!("http client: {e}")))?;
+        let raft = Raft::new(options.id, Arc::new(config), network, log.clone(), sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        // Recovery (applying what the cluster committed over this node's log) needs peers,
+        // which need our HTTP server: watch for it in the background; `/readyz` reports it.
+        let recovered = Arc::new(AtomicBool::new(false));
+        {
+            let raft = raft.clone();
+            let recovered = recovered.clone();
+            tokio::spawn(async move {
+                loop {
+                    match raft
+                        .wait_for_recovery(Some(Duration::from_secs(3600)))
+                        .await
+                    {
+                        Ok(_) => {
+                            recovered.store(true, Ordering::Release);
+                            return;
+                        }
+                        Err(openraft::metrics::WaitError::Timeout(..)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        let ingest = IngestQueue::start(raft.clone(), options.batcher.clone());
+        Ok(Arc::new(Node {
+            id: options.id,
+            role: options.role,
+            raft,
+            state,
+            log,
+            snapshots,
+            ingest,
+            recovered,
+            options,
+        }))
+    }
+
+    /// Forms the cluster from `options.members`; `Ok(false)` when this node already belongs
+    /// to a cluster (init is then a harmless no-op).
+    pub async fn initialize(&self) -> Result<bool, NodeError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        let members = initial_members(&self.options)?;
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Another member may have formed the cluster in between.
+                if self.raft.is_initialized().await.unwrap_or(false) {
+                    Ok(false)
+                } else {
+                    Err(NodeError::Raft(e.to_string()))
+                }
+            }
+        }
+    }
+
+    /// Whether the state machine has applied what the cluster had committed over this node's
+    /// log when it started (so reads no longer go back in time across a restart).
+    pub fn recovered(&self) -> bool {
+        self.recovered.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The leader as this node currently knows it.
+    pub fn leader(&self) -> Option<(NodeId, TallyNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Address and role of a member, from the current membership.
+    pub fn member(&self, id: NodeId) -> Option<TallyNode> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Data-node members other than this node, from the current membership.
+    pub fn data_peers(&self) -> Vec<(NodeId, TallyNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, n)| **id != self.id && !n.witness)
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
+    /// Snapshot files on disk, newest last; empty when they cannot be listed.
+    pub fn snapshot_files(&self) -> Vec<tally_storage::SnapshotFileInfo> {
+        self.snapshots.list().unwrap_or_else(|e| {
+            tracing::warn!("listing snapshot files: {e}");
+            Vec::new()
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == ServerState::Leader
+    }
+
+    /// Commits `events` as one atomic request; only on the leader (others get `NotLeader`).
+    pub async fn ingest(&self, events: Vec<analytics::Event>) -> Result<IngestAck, IngestError> {
+        if !self.is_leader() {
+            return Err(IngestError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if self.role == Role::Witness {
+            return Err(IngestError::WitnessLeader);
+        }
+        self.ingest.submit(events).await
+    }
+
+    /// Confirms leadership with a quorum and waits until everything committed before this
+    /// call is applied locally; returns the read index. Leader only.
+    pub async fn linearizable_barrier(&self) -> Result<u64, NodeError> {
+        let read = self
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(read.index())
+    }
+
+    /// Stops Raft. The HTTP server should already be closed.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+fn initial_members(options: &NodeOptions) -> Result<BTreeMap<NodeId, TallyNode>, NodeError> {
+    if options.members.is_empty() {
+        return Err(NodeError::Invalid(
+            "cluster.members is empty: list every member (id = \"host:port\") to form a cluster"
+                .into(),
+        ));
+    }
+    if !options.members.contains_key(&options.id) {
+        return Err(NodeError::Invalid(format!(
+            "this node (id {}) is not listed in cluster.members",
+            options.id
+        )));
+    }
+    for w in &options.witnesses {
+        if !options.members.contains_key(w) {
+            return Err(NodeError::Invalid(format!(
+                "cluster.witnesses names node {w}, which is not in cluster.members"
+            )));
+        }
+    }
+    let data = options
+        .members
+        .keys()
+        .filter(|id| !options.witnesses.contains(id))
+        .count();
+    if data == 0 {
+        return Err(NodeError::Invalid(
+            "a cluster needs at least one data node".into(),
+        ));
+    }
+    Ok(options
+        .members
+        .iter()
+        .map(|(id, addr)| {
+            let node = if options.witnesses.contains(id) {
+                TallyNode::witness(addr.clone())
+            } else {
+                TallyNode::data(addr.clone())
+            };
+            (*id, node)
+        })
+        .collect())
+}
+
+fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
+    let t = &options.timing;
+    // The witness campaigns later than a data node, so a data node normally wins; the
+    // witness only leads when it is the sole candidate that holds what a data node lacks.
+    let (emin, emax) = match options.role {
+        Role::Data => (t.election_min_ms, t.election_max_ms),
+        Role::Witness => (t.election_min_ms * 2, t.election_max_ms * 2),
+    };
+    let config = Config {
+        cluster_name: "tally".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: emin,
+        election_timeout_max: emax,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold.max(1)),
+        max_in_snapshot_log_to_keep: options.log_keep_behind_snapshot,
+        install_snapshot_timeout: 60_000,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))
+}

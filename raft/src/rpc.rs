@@ -1,0 +1,82 @@
+//! Encoding of Raft RPC bodies and the request header that carries the cluster secret.
+//!
+//! Bodies are bincode 2 (serde mode, standard config) of openraft's own message types. The
+//! server side of these RPCs lives in the `api` crate under `/raft/...`; this module owns the
+//! wire format so both sides agree by construction.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// HTTP header that carries the cluster secret on every `/raft` request.
+pub const SECRET_HEADER: &str = "x-tally-secret";
+
+/// Paths of the Raft RPC endpoints, relative to a node's base URL.
+pub mod path {
+    pub const APPEND: &str = "/raft/append";
+    pub const VOTE: &str = "/raft/vote";
+    pub const PRE_VOTE: &str = "/raft/pre-vote";
+    pub const SNAPSHOT: &str = "/raft/snapshot";
+    pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("cannot encode RPC body: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("cannot decode RPC body: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("RPC body has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serde::encode_to_vec(value, config())?)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config())?;
+    if read != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - read));
+    }
+    Ok(value)
+}
+
+/// Compares secrets in time independent of where they first differ.
+pub fn secret_matches(expected: &str, given: &[u8]) -> bool {
+    let expected = expected.as_bytes();
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(secret_matches("abc", b"abc"));
+        assert!(!secret_matches("abc", b"abd"));
+        assert!(!secret_matches("abc", b"ab"));
+        assert!(!secret_matches("", b"x"));
+    }
+
+    #[test]
+    fn trailing_bytes_rejected() {
+        let mut bytes = encode(&42u64).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::Trailing(1))
+        ));
+    }
+}

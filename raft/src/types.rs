@@ -1,0 +1,130 @@
+//! The openraft type configuration and the bytes that travel in Tally's log.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node as the cluster membership records it: where to reach it and what it is.
+///
+/// The role travels inside the membership (and so inside the log and snapshots), so every
+/// member agrees on which voter is the witness without consulting local configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TallyNode {
+    /// `host:port` of the node's HTTP listener (public API and `/raft` RPC).
+    pub addr: String,
+    /// A witness stores the log and votes, and holds no analytic state.
+    pub witness: bool,
+}
+
+impl TallyNode {
+    pub fn data(addr: impl Into<String>) -> Self {
+        TallyNode {
+            addr: addr.into(),
+            witness: false,
+        }
+    }
+
+    pub fn witness(addr: impl Into<String>) -> Self {
+        TallyNode {
+            addr: addr.into(),
+            witness: true,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        if self.witness {
+            Role::Witness
+        } else {
+            Role::Data
+        }
+    }
+}
+
+impl fmt::Display for TallyNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.role().as_str(), self.addr)
+    }
+}
+
+/// What a node does with committed entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Applies every entry to the analytic state, builds snapshots, serves reads.
+    Data,
+    /// Stores the log and votes; applies nothing.
+    Witness,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::Witness => "witness",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "data" => Ok(Role::Data),
+            "witness" => Ok(Role::Witness),
+            other => Err(format!(
+                "unknown role {other:?}: expected \"data\" or \"witness\""
+            )),
+        }
+    }
+}
+
+/// The application payload of a Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Client requests group-committed into one entry, stamped by the proposer.
+    Ingest(analytics::IngestBatch),
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Ingest(b) => write!(
+                f,
+                "ingest(requests={}, events={})",
+                b.requests.len(),
+                b.requests.iter().map(Vec::len).sum::<usize>()
+            ),
+        }
+    }
+}
+
+/// What applying an entry returns to the proposer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// One outcome per client request of an ingest entry, in order. Empty on a witness,
+    /// which applies nothing (and therefore never acknowledges ingest itself).
+    pub outcomes: Vec<analytics::BatchOutcome>,
+    /// Whether the applying node computed analytics for this entry.
+    pub applied_analytics: bool,
+}
+
+openraft::declare_raft_types!(
+    /// Tally's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = TallyNode,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+/// A snapshot's bytes as they travel: the analytics crate's versioned encoding.
+pub type SnapshotData = Vec<u8>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;

@@ -1,0 +1,231 @@
+//! Commands that talk to a running node over HTTP: `tally cluster …` and `tally post`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+/// Where to reach a node.
+#[derive(Debug, Args, Clone)]
+pub struct NodeArg {
+    /// Base URL of any cluster member.
+    #[arg(long, env = "TALLY_NODE", default_value = "http://127.0.0.1:7101")]
+    pub node: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Form the cluster from the node's cluster.members (a no-op on a formed cluster).
+    Init(NodeArg),
+    /// Show the node's view of the cluster (GET /v1/cluster).
+    Status {
+        #[command(flatten)]
+        node: NodeArg,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PostArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// NDJSON file of events; reads stdin when absent or "-".
+    pub file: Option<PathBuf>,
+    /// Events per request (each request is accepted or rejected as a whole).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Attempts per request when the cluster answers 429/503 (the retry reuses the same
+    /// event ids, so it never double-counts).
+    #[arg(long, default_value_t = 30)]
+    pub retries: u32,
+}
+
+fn http() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+fn base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
+    let client = http()?;
+    match cmd {
+        ClusterCommand::Init(node) => {
+            let url = format!("{}/v1/cluster/init", base(&node.node));
+            let resp = client
+                .post(&url)
+                .send()
+                .await
+                .with_context(|| format!("POST {url}"))?;
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                bail!("{url} answered {status}: {body}");
+            }
+            println!("{}", body["message"].as_str().unwrap_or("ok"));
+        }
+        ClusterCommand::Status { node, json } => {
+            let url = format!("{}/v1/cluster", base(&node.node));
+            let resp = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            let status = resp.status();
+            let body: Value = resp.json().await.context("reading /v1/cluster")?;
+            if !status.is_success() {
+                bail!("{url} answered {status}: {body}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_status(&body);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &Value) {
+    println!(
+        "node {} ({}) — {} — leader {} — term {}",
+        s["node_id"],
+        s["role"].as_str().unwrap_or("?"),
+        s["raft_state"].as_str().unwrap_or("?"),
+        s["leader_id"],
+        s["term"]
+    );
+    println!(
+        "log: last {} committed {} applied {} snapshot {} purged {}",
+        s["last_log_index"],
+        s["committed_index"],
+        s["applied_index"],
+        s["snapshot_index"],
+        s["purged_index"]
+    );
+    println!(
+        "{:<4} {:<22} {:<8} {:<6} matched",
+        "id", "address", "role", "voter"
+    );
+    for m in s["members"].as_array().into_iter().flatten() {
+        println!(
+            "{:<4} {:<22} {:<8} {:<6} {}",
+            m["id"],
+            m["addr"].as_str().unwrap_or(""),
+            m["role"].as_str().unwrap_or(""),
+            m["voter"],
+            m["matched_index"]
+        );
+    }
+}
+
+pub async fn post(args: PostArgs) -> Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let reader: Box<dyn Read> = match &args.file {
+        None => Box::new(std::io::stdin()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
+        Some(p) => {
+            Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
+        }
+    };
+    let client = http()?;
+    let url = format!("{}/v1/events", base(&args.node.node));
+    let (mut accepted, mut duplicates, mut requests) = (0u64, 0u64, 0u64);
+    let mut chunk = String::new();
+    let mut in_chunk = 0usize;
+    let mut first_line = 1usize;
+    let mut line_no = 0usize;
+    let mut lines = BufReader::new(reader).lines();
+    loop {
+        let line = lines.next().transpose().context("reading events")?;
+        let done = line.is_none();
+        if let Some(line) = line {
+            line_no += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if in_chunk == 0 {
+                first_line = line_no;
+            }
+            chunk.push_str(&line);
+            chunk.push('\n');
+            in_chunk += 1;
+        }
+        if in_chunk > 0 && (in_chunk >= args.batch || done) {
+            let body: Value =
+                send_with_retry(&client, &url, &chunk, args.retries, first_line).await?;
+            accepted += body["accepted"].as_u64().unwrap_or(0);
+            duplicates += body["duplicates"].as_u64().unwrap_or(0);
+            requests += 1;
+            chunk.clear();
+            in_chunk = 0;
+        }
+        if done {
+            break;
+        }
+    }
+    println!(
+        "posted {requests} requests: {accepted} events accepted, {duplicates} of them duplicates"
+    );
+    Ok(())
+}
+
+async fn send_with_retry(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    retries: u32,
+    first_line: usize,
+) -> Result<Value> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = client
+            .post(url)
+            .header("content-type", "application/x-ndjson")
+            .body(body.to_string())
+            .send()
+            .await;
+        let retry_reason = match result {
+            Ok(resp) => {
+                let status = resp.status();
+                let json: Value = resp.json().await.unwrap_or(Value::Null);
+                if status.is_success() {
+                    return Ok(json);
+                }
+                if status.as_u16() != 429 && status.as_u16() != 503 {
+                    bail!(
+                        "request starting at input line {first_line} was rejected ({status}): {}",
+                        serde_json::to_string_pretty(&json["error"]).unwrap_or_default()
+                    );
+                }
+                format!(
+                    "{status}: {}",
+                    json["error"]["message"].as_str().unwrap_or("")
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        if attempt >= retries {
+            bail!("giving up on the request starting at input line {first_line} after {attempt} attempts: {retry_reason}");
+        }
+        tracing::warn!("retrying request at line {first_line} ({retry_reason})");
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+    }
+}

@@ -1,0 +1,352 @@
+//! Node configuration: the TOML file of SPEC §1, overridden by flags and `TALLY_*` variables.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role};
+
+/// The configuration file, as written by an operator. Unknown keys are an error: a typo
+/// must not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub role: Option<String>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub record_store: Option<String>,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(default)]
+    pub ingest: IngestSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub secret: Option<String>,
+    pub witnesses: Option<Vec<u64>>,
+    /// TOML keys are strings: `1 = "127.0.0.1:7101"`.
+    pub members: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSection {
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    pub snapshot_threshold: Option<u64>,
+    pub log_keep_behind_snapshot: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    pub max_body_bytes: Option<usize>,
+    pub queue_requests: Option<usize>,
+}
+
+/// Flags for `tally serve`; each also reads a `TALLY_*` environment variable.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (SPEC §1).
+    #[arg(long, short = 'c', env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node id (u64, unique in the cluster).
+    #[arg(long, env = "TALLY_ID")]
+    pub id: Option<u64>,
+    /// "data" or "witness".
+    #[arg(long, env = "TALLY_ROLE")]
+    pub role: Option<String>,
+    /// HTTP listen address (public API and /raft RPC), host:port.
+    #[arg(long, env = "TALLY_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for the Raft log and snapshots.
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Record store URL (mysql://… or sqlite://…); a witness ignores it.
+    #[arg(long, env = "TALLY_RECORD_STORE")]
+    pub record_store: Option<String>,
+    /// Cluster secret that authenticates /raft RPC.
+    #[arg(long, env = "TALLY_CLUSTER_SECRET")]
+    pub secret: Option<String>,
+    /// Witness ids, comma-separated.
+    #[arg(long, env = "TALLY_CLUSTER_WITNESSES", value_delimiter = ',')]
+    pub witnesses: Option<Vec<u64>>,
+    /// Members as id=host:port, comma-separated.
+    #[arg(long, env = "TALLY_CLUSTER_MEMBERS", value_delimiter = ',')]
+    pub members: Option<Vec<String>>,
+    /// Raft heartbeat interval in ms.
+    #[arg(long, env = "TALLY_RAFT_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the election timeout in ms (a witness uses twice this).
+    #[arg(long, env = "TALLY_RAFT_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Upper bound of the election timeout in ms (a witness uses twice this).
+    #[arg(long, env = "TALLY_RAFT_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, env = "TALLY_RAFT_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    /// Log entries kept behind the newest snapshot.
+    #[arg(long, env = "TALLY_RAFT_LOG_KEEP_BEHIND_SNAPSHOT")]
+    pub log_keep_behind_snapshot: Option<u64>,
+    /// Largest POST /v1/events body in bytes.
+    #[arg(long, env = "TALLY_INGEST_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Ingest requests that may queue for the leader's batcher before 503s.
+    #[arg(long, env = "TALLY_INGEST_QUEUE_REQUESTS")]
+    pub queue_requests: Option<usize>,
+}
+
+/// A node's effective configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: String,
+    pub record_store: Option<String>,
+    pub max_body_bytes: usize,
+    pub node: NodeOptions,
+}
+
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
+pub const DEFAULT_LOG_KEEP: u64 = 1_000;
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<NodeConfig> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let id = self
+            .id
+            .or(file.id)
+            .context("node id missing: set `id` in the config file, --id or TALLY_ID")?;
+        let role: Role = self
+            .role
+            .or(file.role)
+            .unwrap_or_else(|| "data".into())
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .context("data_dir missing: set `data_dir`, --data-dir or TALLY_DATA_DIR")?;
+        let secret = self.secret.or(file.cluster.secret).context(
+            "cluster secret missing: set [cluster] secret, --secret or TALLY_CLUSTER_SECRET",
+        )?;
+        if secret.is_empty() {
+            bail!("cluster secret must not be empty");
+        }
+        let members: BTreeMap<u64, String> = match self.members {
+            Some(list) => parse_member_flags(&list)?,
+            None => parse_member_keys(file.cluster.members.unwrap_or_default())?,
+        };
+        let witnesses: BTreeSet<u64> = self
+            .witnesses
+            .or(file.cluster.witnesses)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let listen = self
+            .listen
+            .or(file.listen)
+            .or_else(|| members.get(&id).cloned())
+            .context("listen address missing: set `listen`, --listen or TALLY_LISTEN")?;
+        if let Some(addr) = members.get(&id) {
+            if addr != &listen && !listen.starts_with("0.0.0.0:") && !listen.starts_with("[::]:") {
+                bail!("listen = {listen:?} but cluster.members gives this node ({id}) the address {addr:?}; peers use the members address");
+            }
+        }
+        if witnesses.contains(&id) != (role == Role::Witness) && !members.is_empty() {
+            bail!(
+                "node {id} has role {:?} but cluster.witnesses {} it",
+                role.as_str(),
+                if witnesses.contains(&id) {
+                    "lists"
+                } else {
+                    "does not list"
+                }
+            );
+        }
+        let defaults = RaftTiming::default();
+        let timing = RaftTiming {
+            heartbeat_ms: self
+                .heartbeat_ms
+                .or(file.raft.heartbeat_ms)
+                .unwrap_or(defaults.heartbeat_ms),
+            election_min_ms: self
+                .election_min_ms
+                .or(file.raft.election_min_ms)
+                .unwrap_or(defaults.election_min_ms),
+            election_max_ms: self
+                .election_max_ms
+                .or(file.raft.election_max_ms)
+                .unwrap_or(defaults.election_max_ms),
+        };
+        if timing.heartbeat_ms == 0
+            || timing.election_min_ms <= timing.heartbeat_ms
+            || timing.election_max_ms <= timing.election_min_ms
+        {
+            bail!("raft timing must satisfy 0 < heartbeat_ms < election_min_ms < election_max_ms (got {timing:?})");
+        }
+        let mut batcher = BatcherConfig::default();
+        if let Some(q) = self.queue_requests.or(file.ingest.queue_requests) {
+            if q == 0 {
+                bail!("ingest.queue_requests must be at least 1");
+            }
+            batcher.queue_requests = q;
+        }
+        let max_body_bytes = self
+            .max_body_bytes
+            .or(file.ingest.max_body_bytes)
+            .unwrap_or(8 << 20);
+        if max_body_bytes < 1024 {
+            bail!("ingest.max_body_bytes must be at least 1024");
+        }
+        Ok(NodeConfig {
+            listen,
+            record_store: self.record_store.or(file.record_store),
+            max_body_bytes,
+            node: NodeOptions {
+                id,
+                role,
+                data_dir,
+                secret,
+                members,
+                witnesses,
+                timing,
+                snapshot_threshold: self
+                    .snapshot_threshold
+                    .or(file.raft.snapshot_threshold)
+                    .unwrap_or(DEFAULT_SNAPSHOT_THRESHOLD),
+                log_keep_behind_snapshot: self
+                    .log_keep_behind_snapshot
+                    .or(file.raft.log_keep_behind_snapshot)
+                    .unwrap_or(DEFAULT_LOG_KEEP),
+                batcher,
+            },
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn parse_member_keys(raw: BTreeMap<String, String>) -> Result<BTreeMap<u64, String>> {
+    raw.into_iter()
+        .map(|(k, v)| {
+            let id = k
+                .parse::<u64>()
+                .with_context(|| format!("cluster.members key {k:?} is not a node id (u64)"))?;
+            Ok((id, v))
+        })
+        .collect()
+}
+
+fn parse_member_flags(list: &[String]) -> Result<BTreeMap<u64, String>> {
+    list.iter()
+        .map(|item| {
+            let (id, addr) = item
+                .split_once('=')
+                .with_context(|| format!("member {item:?} is not id=host:port"))?;
+            let id = id
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("member {item:?}: {id:?} is not a node id (u64)"))?;
+            Ok((id, addr.trim().to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+id = 1
+role = "data"                     # "data" or "witness"
+listen = "127.0.0.1:7101"         # HTTP: public API and /raft RPC
+data_dir = "/var/lib/tally/n1"
+record_store = "mysql://tally:pw@127.0.0.1:3306/tally"   # or "sqlite:///var/lib/tally/records.db"; a witness ignores it
+
+[cluster]
+secret = "change-me"              # shared by all members; authenticates /raft RPC
+witnesses = [3]
+
+[cluster.members]
+1 = "127.0.0.1:7101"
+2 = "127.0.0.1:7102"
+3 = "127.0.0.1:7103"
+"#;
+
+    #[test]
+    fn spec_example_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, SPEC_EXAMPLE).unwrap();
+        let cfg = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.node.id, 1);
+        assert_eq!(cfg.node.role, Role::Data);
+        assert_eq!(cfg.listen, "127.0.0.1:7101");
+        assert_eq!(cfg.node.members.len(), 3);
+        assert!(cfg.node.witnesses.contains(&3));
+        assert_eq!(cfg.node.secret, "change-me");
+    }
+
+    #[test]
+    fn flags_override_file_and_typos_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, SPEC_EXAMPLE).unwrap();
+        let cfg = ServeArgs {
+            config: Some(path.clone()),
+            secret: Some("other".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.node.secret, "other");
+
+        std::fs::write(&path, format!("{SPEC_EXAMPLE}\nsnapshot_treshold = 5\n")).unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("snapshot_treshold"), "{err:#}");
+    }
+
+    #[test]
+    fn witness_role_must_match_witness_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            SPEC_EXAMPLE.replace("role = \"data\"", "role = \"witness\""),
+        )
+        .unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("witness"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Runs one node: Raft + the HTTP server, until told to stop.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use tally_api::{AppState, Limits};
+use tally_raft::Node;
+
+use crate::config::NodeConfig;
+
+/// A node whose HTTP server is running.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningNode {
+    /// Binds the listener, starts Raft and serves HTTP.
+    pub async fn start(cfg: NodeConfig) -> Result<RunningNode> {
+        if let Some(store) = &cfg.record_store {
+            tracing::info!(record_store = %redact(store), "record store configured (the sink arrives with the record-store work; events stay in the Raft log)");
+        }
+        // Bind first: a node that cannot listen should fail before touching its log.
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let node = Node::start(cfg.node.clone())
+            .await
+            .with_context(|| format!("starting node {}", cfg.node.id))?;
+        let state = AppState::new(
+            node.clone(),
+            Limits {
+                max_body_bytes: cfg.max_body_bytes,
+            },
+        )?;
+        let app = tally_api::router(state);
+        let (stop, mut stopped) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(id = node.id, role = node.role.as_str(), %addr, "node serving");
+        Ok(RunningNode { node, stop, server })
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, then stops Raft.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
+            Ok(Err(e)) => tracing::warn!("http server task: {e}"),
+            Err(_) => tracing::warn!("http server did not drain within 10 s"),
+        }
+        self.node.shutdown().await;
+    }
+}
+
+/// `user:password@` removed from a URL before it is logged.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `tally serve`.
+pub async fn serve(cfg: NodeConfig) -> Result<()> {
+    let running = RunningNode::start(cfg).await?;
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    running.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            super::redact("mysql://u:p@h:3306/db"),
+            "mysql://***@h:3306/db"
+        );
+        assert_eq!(super::redact("sqlite:///x.db"), "sqlite:///x.db");
+    }
+}
