@@ -58,6 +58,6 @@ pub use event::{BatchOutcome, Event, IngestBatch, Kind};
 pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 pub use state::{State, StateStats};
 pub use validate::{
-    parse_events, BatchError, BodyFormat, FieldError, MAX_ERROR_DETAILS, MAX_EVENTS_PER_BATCH,
-    MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS,
+    check_future_skew, parse_events, BatchError, BodyFormat, FieldError, MAX_ERROR_DETAILS,
+    MAX_EVENTS_PER_BATCH, MAX_FUTURE_SKEW_MS, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS,
 };

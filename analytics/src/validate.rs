@@ -231,6 +231,43 @@ impl Report {
     }
 }
 
+/// How far ahead of the receiving node's clock an event time may be. Buckets ahead of
+/// ingest time are not evicted until ingest time catches up, so far-future events would pin
+/// memory; a gateway clock this far off is a bug worth hearing about.
+pub const MAX_FUTURE_SKEW_MS: i64 = 24 * 3_600_000;
+
+/// Rejects a batch holding events more than [`MAX_FUTURE_SKEW_MS`] ahead of `now_ms`.
+///
+/// The caller passes its clock in (this crate reads none); it runs before proposal, so the
+/// verdict never depends on which replica applies the entry.
+pub fn check_future_skew(events: &[Event], now_ms: i64) -> Result<(), BatchError> {
+    let limit = now_ms.saturating_add(MAX_FUTURE_SKEW_MS);
+    let details: Vec<FieldError> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.ts_ms > limit)
+        .take(MAX_ERROR_DETAILS)
+        .map(|(record, e)| FieldError {
+            record,
+            field: Some("timestamp".into()),
+            message: format!(
+                "{} ms is more than 24 h ahead of the server clock ({now_ms} ms); check the gateway's clock",
+                e.ts_ms
+            ),
+        })
+        .collect();
+    if details.is_empty() {
+        return Ok(());
+    }
+    Err(BatchError {
+        message: format!(
+            "batch rejected: {} record(s) have a timestamp in the future",
+            details.len()
+        ),
+        details,
+    })
+}
+
 fn parse_record(record: usize, fields: Vec<(String, Value)>, report: &mut Report) -> Option<Event> {
     let errors_before = report.errors;
     let mut event = Event::default();

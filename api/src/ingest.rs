@@ -44,15 +44,8 @@ async fn handle(
     let format = body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
     // and changes nothing anywhere.
-    let events = analytics::parse_events(&bytes, format).map_err(|e| {
-        let details = e
-            .details
-            .iter()
-            .map(|d| json!({"record": d.record, "field": d.field, "message": d.message}))
-            .collect();
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_events", e.message.clone())
-            .with_details(details)
-    })?;
+    let events = analytics::parse_events(&bytes, format).map_err(invalid)?;
+    analytics::check_future_skew(&events, now_ms()).map_err(invalid)?;
 
     match app.node.ingest(events).await {
         Ok(ack) => Ok((
@@ -104,6 +97,22 @@ async fn handle(
         )),
         Err(IngestError::Unavailable(m)) => Err(ApiError::unavailable("unavailable", m)),
     }
+}
+
+fn invalid(e: analytics::BatchError) -> ApiError {
+    let details = e
+        .details
+        .iter()
+        .map(|d| json!({"record": d.record, "field": d.field, "message": d.message}))
+        .collect();
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_events", e.message).with_details(details)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {

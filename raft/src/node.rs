@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::storage::RaftLogStorage;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tally_storage::{LogStore, SnapshotFiles};
 
@@ -96,6 +97,7 @@ impl Node {
         )?);
         let sm = StateMachine::open(options.role, snapshots.clone())?;
         let state = sm.shared();
+        check_no_gap(&log, &state).await?;
 
         let config = raft_config(&options)?;
         let network = HttpNetwork::new(options.secret.clone())
@@ -246,6 +248,26 @@ impl Node {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// Refuses to start when the log was purged past the state we could restore: the entries
+/// in between are gone, and applying the rest would silently skip them. (This happens only
+/// when the newest snapshot file is corrupt and an older one was used.)
+async fn check_no_gap(log: &LogStore<TypeConfig>, state: &SharedState) -> Result<(), NodeError> {
+    let mut log = log.clone();
+    let log_state = log.get_log_state().await?;
+    let purged = log_state.last_purged_log_id.map(|l| l.index);
+    let applied = state.read().last_applied.map(|l| l.index);
+    if purged > applied {
+        return Err(NodeError::Invalid(format!(
+            "the log is purged up to index {} but the newest valid snapshot covers only {}: \
+             local state cannot be rebuilt; move this node's data_dir away and restart it \
+             empty to rejoin from the leader",
+            purged.unwrap_or(0),
+            applied.map_or("nothing".to_string(), |a| a.to_string())
+        )));
+    }
+    Ok(())
 }
 
 fn initial_members(options: &NodeOptions) -> Result<BTreeMap<NodeId, TallyNode>, NodeError> {

@@ -264,3 +264,128 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Entry;
+    use analytics::{Event, IngestBatch};
+    use openraft::testing::log_id;
+
+    fn event(id: &str) -> Event {
+        Event {
+            event_id: id.into(),
+            ts_ms: 1_800_000_000_000,
+            api_name: "A".into(),
+            api_version: "1".into(),
+            response_code: Some(200),
+            ..Event::default()
+        }
+    }
+
+    fn ingest_entry(index: u64, ids: &[&str]) -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Request::Ingest(IngestBatch {
+                ingest_ms: 1_800_000_000_000,
+                requests: vec![ids.iter().map(|i| event(i)).collect()],
+            })),
+        }
+    }
+
+    async fn apply_all(sm: &mut StateMachine, entries: Vec<Entry>) {
+        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+        sm.apply(stream).await.unwrap();
+    }
+
+    fn open(role: Role, dir: &std::path::Path) -> StateMachine {
+        let files = SnapshotFiles::open(dir, 3).unwrap();
+        StateMachine::open(role, Arc::new(files)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn data_node_applies_and_restores_from_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Data, dir.path());
+        apply_all(
+            &mut sm,
+            vec![ingest_entry(1, &["a", "b"]), ingest_entry(2, &["b", "c"])],
+        )
+        .await;
+        let shared = sm.shared();
+        let (index, digest, events) = {
+            let a = shared.read();
+            (
+                a.applied_index(),
+                a.state.digest(),
+                a.state.stats().events_applied,
+            )
+        };
+        assert_eq!((index, events), (2, 3));
+
+        let mut builder = sm
+            .try_create_snapshot_builder(false)
+            .await
+            .expect("data builds");
+        let snap = builder.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+
+        let reopened = open(Role::Data, dir.path()).shared();
+        let a = reopened.read();
+        assert_eq!(a.applied_index(), 2);
+        assert_eq!(a.state.digest(), digest);
+    }
+
+    #[tokio::test]
+    async fn witness_applies_nothing_and_never_offers_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Witness, dir.path());
+        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"])]).await;
+        let shared = sm.shared();
+        {
+            let a = shared.read();
+            assert_eq!(a.applied_index(), 1);
+            assert_eq!(a.state.stats().events_applied, 0);
+            assert_eq!(a.state.digest(), analytics::State::new().digest());
+        }
+        assert!(sm.try_create_snapshot_builder(true).await.is_none());
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+
+        // Installing a data node's snapshot keeps the position, drops the analytics.
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut data = open(Role::Data, data_dir.path());
+        apply_all(
+            &mut data,
+            vec![ingest_entry(1, &["a"]), ingest_entry(2, &["z"])],
+        )
+        .await;
+        let snap = data
+            .try_create_snapshot_builder(false)
+            .await
+            .unwrap()
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(sm.shared().read().applied_index(), 2);
+        assert_eq!(sm.shared().read().state.stats().events_applied, 0);
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+        let reopened = open(Role::Witness, dir.path());
+        assert_eq!(reopened.shared().read().applied_index(), 2);
+    }
+
+    #[tokio::test]
+    async fn data_node_refuses_a_snapshot_without_analytic_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Data, dir.path());
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 3, 9)),
+            last_membership: StoredMembership::default(),
+        };
+        assert!(sm.install_snapshot(&meta, Vec::new()).await.is_err());
+        assert_eq!(sm.shared().read().applied_index(), 0);
+    }
+}

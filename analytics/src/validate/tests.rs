@@ -531,3 +531,21 @@ fn edit_distance_basics() {
     assert_eq!(nearest_known_field("api_nme"), Some("api_name"));
     assert_eq!(nearest_known_field("zzzzzzzz"), None);
 }
+
+#[test]
+fn future_events_are_rejected_with_record_and_field() {
+    let now = 1_800_000_000_000;
+    let ok = Event {
+        ts_ms: now + MAX_FUTURE_SKEW_MS,
+        ..Event::default()
+    };
+    let bad = Event {
+        ts_ms: now + MAX_FUTURE_SKEW_MS + 1,
+        ..Event::default()
+    };
+    assert!(check_future_skew(std::slice::from_ref(&ok), now).is_ok());
+    let err = check_future_skew(&[ok, bad], now).unwrap_err();
+    assert_eq!(err.details.len(), 1);
+    assert_eq!(err.details[0].record, 1);
+    assert_eq!(err.details[0].field.as_deref(), Some("timestamp"));
+}
