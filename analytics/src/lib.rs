@@ -44,6 +44,7 @@ mod dedup;
 mod error;
 mod event;
 mod raw;
+mod sink;
 mod snapshot;
 mod state;
 mod validate;
@@ -55,6 +56,7 @@ pub use aggregate::{
 pub use dedup::{DEDUP_MAX_IDS, DEDUP_WINDOW_MS};
 pub use error::AnalyticsError;
 pub use event::{BatchOutcome, Event, IngestBatch, Kind};
+pub use sink::{PendingEvent, SinkStatus, SINK_PENDING_CAP};
 pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 pub use state::{State, StateStats};
 pub use validate::{

@@ -6,8 +6,8 @@
 //! magic "TALLYANS" (8) | format version u32 (4) | body length u64 (8) | body | SHA-256(body) (32)
 //! ```
 //!
-//! The body is bincode 2 (standard config, serde mode) of the applied index and the
-//! analytic state. Every collection in it is ordered (BTreeMap, the dedup queue), so the
+//! The body is bincode 2 (standard config, serde mode) of the applied index, the
+//! analytic state and the sink queue (version 2 added the sink queue). Every collection in it is ordered (BTreeMap, the dedup queue), so the
 //! same state always encodes to the same bytes. The checksum makes a flipped bit an
 //! error rather than a silently different state; decoding then re-checks the invariants
 //! `apply` maintains. Bump [`SNAPSHOT_VERSION`] on any change to the body's shape.
@@ -17,12 +17,13 @@ use sha2::{Digest, Sha256};
 
 use crate::aggregate::{Granularity, Series};
 use crate::error::AnalyticsError;
+use crate::sink::SinkQueue;
 use crate::state::{Analytic, State};
 
 /// First bytes of every analytics snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYANS";
 /// Body format written by this build, and the only one it reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
@@ -31,12 +32,14 @@ const CHECKSUM_LEN: usize = 32;
 struct BodyRef<'a> {
     applied_index: u64,
     analytic: &'a Analytic,
+    sink: &'a SinkQueue,
 }
 
 #[derive(Deserialize)]
 struct Body {
     applied_index: u64,
     analytic: Analytic,
+    sink: SinkQueue,
 }
 
 fn corrupt(message: impl Into<String>) -> AnalyticsError {
@@ -49,6 +52,7 @@ impl State {
         let body = BodyRef {
             applied_index: self.applied_index,
             analytic: &self.analytic,
+            sink: &self.sink,
         };
         // Serializing in-memory ordered collections of plain data into a Vec has no
         // failure mode (bincode fails only on writer errors or unsupported serde
@@ -105,11 +109,28 @@ impl State {
         for granularity in Granularity::ALL {
             check_series(decoded.analytic.series(granularity), granularity)?;
         }
+        check_sink(&decoded.sink)?;
         Ok(State {
             analytic: decoded.analytic,
             applied_index: decoded.applied_index,
+            sink: decoded.sink,
         })
     }
+}
+
+/// The sink queue is ordered by log index and holds nothing the cursor already covers.
+fn check_sink(sink: &SinkQueue) -> Result<(), AnalyticsError> {
+    let mut last = sink.cursor;
+    for p in &sink.pending {
+        if p.log_index <= sink.cursor || p.log_index < last {
+            return Err(corrupt(format!(
+                "sink queue out of order at log index {} (cursor {})",
+                p.log_index, sink.cursor
+            )));
+        }
+        last = p.log_index;
+    }
+    Ok(())
 }
 
 /// Buckets must start on their granularity's boundary and hold at least one row, as
@@ -200,13 +221,13 @@ mod tests {
         ));
 
         let mut future = bytes.clone();
-        future[8..12].copy_from_slice(&2u32.to_le_bytes());
+        future[8..12].copy_from_slice(&(SNAPSHOT_VERSION + 1).to_le_bytes());
         assert!(matches!(
             State::decode_snapshot(&future),
             Err(AnalyticsError::SnapshotVersion {
-                found: 2,
-                supported: 1
-            })
+                found,
+                supported: SNAPSHOT_VERSION
+            }) if found == SNAPSHOT_VERSION + 1
         ));
 
         for len in [8, HEADER_LEN, bytes.len() / 2, bytes.len() - 1] {

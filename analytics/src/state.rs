@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::aggregate::{run_query, AggregateQuery, AggregateRow, Granularity, GroupKey, Series};
 use crate::dedup::DedupWindow;
 use crate::event::{BatchOutcome, IngestBatch};
+use crate::sink::{PendingEvent, SinkQueue, SinkStatus};
 
 /// Prefix hashed before the canonical encoding, so a digest can never be confused with
 /// the hash of some other structure (and changes if the digest scheme does).
@@ -53,6 +54,10 @@ pub struct State {
     /// digest, which the API always reports next to the applied index anyway — and
     /// leaving it out is what lets two different splits of one stream agree.
     pub(crate) applied_index: u64,
+    /// Counted events the record store may still lack. Replicated and snapshotted, but
+    /// outside the digest: it is bookkeeping about the record store, not analytics, and
+    /// its entry indexes would make two splits of one stream differ.
+    pub(crate) sink: SinkQueue,
 }
 
 /// Sizes for `/metrics` and `/v1/cluster`.
@@ -85,6 +90,7 @@ impl State {
                 ..Analytic::default()
             },
             applied_index: 0,
+            sink: SinkQueue::default(),
         }
     }
 
@@ -126,6 +132,7 @@ impl State {
                     continue;
                 }
                 state.events_applied = state.events_applied.saturating_add(1);
+                self.sink.push(log_index, batch.ingest_ms, event);
                 let key = GroupKey::of(event);
                 for (granularity, cutoff) in cutoffs {
                     let bucket_ms = granularity.bucket_start(event.ts_ms);
@@ -138,6 +145,23 @@ impl State {
         }
         self.applied_index = self.applied_index.max(log_index);
         outcomes
+    }
+
+    /// Applies a committed sink cursor: the record store holds everything up to `cursor`.
+    pub fn advance_sink(&mut self, log_index: u64, cursor: u64) {
+        self.sink.advance(cursor.min(log_index));
+        self.applied_index = self.applied_index.max(log_index);
+    }
+
+    /// The next events for the record store after index `after`: at least `max_events`
+    /// unless fewer remain, whole entries only, and the log index the record store
+    /// reaches once they are written.
+    pub fn sink_pending(&self, after: u64, max_events: usize) -> (Vec<PendingEvent>, u64) {
+        self.sink.take(after, max_events, self.applied_index)
+    }
+
+    pub fn sink_status(&self) -> SinkStatus {
+        self.sink.status()
     }
 
     /// Answers an aggregate query. Rows are sorted by `(bucket_ms, group values)`.

@@ -446,3 +446,46 @@ fn a_fault_changes_the_digest_but_not_request_counts() {
     assert_ne!(state.digest(), before);
     assert_eq!(total_requests(&state, Granularity::Day), 6);
 }
+
+#[test]
+fn sink_queue_follows_counted_events_and_survives_snapshots() {
+    let mut state = State::new();
+    let batch = |ids: &[&str]| IngestBatch {
+        ingest_ms: 1_800_000_000_000,
+        requests: vec![ids
+            .iter()
+            .map(|id| Event {
+                event_id: (*id).into(),
+                ts_ms: 1_800_000_000_000,
+                api_name: "A".into(),
+                api_version: "1".into(),
+                response_code: Some(200),
+                ..Event::default()
+            })
+            .collect()],
+    };
+    state.apply(1, &batch(&["a", "b"]));
+    state.apply(2, &batch(&["b", "c"]));
+    let (pending, upto) = state.sink_pending(0, 100);
+    let ids: Vec<_> = pending
+        .iter()
+        .map(|p| (p.log_index, p.event.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![(1, "a"), (1, "b"), (2, "c")],
+        "duplicates are not queued"
+    );
+    assert_eq!(upto, 2);
+
+    let restored = State::decode_snapshot(&state.encode_snapshot()).unwrap();
+    assert_eq!(restored.sink_pending(0, 100), state.sink_pending(0, 100));
+
+    state.advance_sink(3, 1);
+    let status = state.sink_status();
+    assert_eq!((status.cursor, status.pending_events), (1, 1));
+    assert_eq!(state.applied_index(), 3);
+    let (pending, upto) = state.sink_pending(1, 100);
+    assert_eq!(pending.len(), 1);
+    assert_eq!(upto, 3);
+}
