@@ -4,15 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# strace: the durability tests watch fsync calls. MariaDB: the record-store tests start a
+# throwaway mariadbd (tally-testkit); mariadbd lives in /usr/sbin, often not on PATH.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 need_pkgs=()
-command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
+have strace || need_pkgs+=(strace)
+if ! have mariadbd || ! have mariadb-install-db || ! have mariadb; then
+  need_pkgs+=(mariadb-server-core mariadb-client-core)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${need_pkgs[*]} (needed by the durability tests)"
+    echo "installing ${need_pkgs[*]} (needed by the durability and record-store tests)"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
   else
-    echo "missing: ${need_pkgs[*]} — install it (e.g. apt-get install ${need_pkgs[*]}) and rerun" >&2
+    echo "missing: ${need_pkgs[*]} — install them (e.g. apt-get install ${need_pkgs[*]}) and rerun" >&2
     exit 1
   fi
 fi

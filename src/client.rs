@@ -229,3 +229,153 @@ async fn send_with_retry(
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
     }
 }
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// The query; read from stdin when absent or "-".
+    pub query: Option<String>,
+    /// Include every event acknowledged before the query (read-your-writes).
+    #[arg(long)]
+    pub strong: bool,
+    /// Include everything up to this Raft log index.
+    #[arg(long)]
+    pub min_index: Option<u64>,
+    /// Print the raw JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn sql(args: SqlArgs) -> Result<()> {
+    let query = match args.query.as_deref() {
+        None | Some("-") => {
+            let mut q = String::new();
+            std::io::stdin()
+                .read_to_string(&mut q)
+                .context("reading the query from stdin")?;
+            q
+        }
+        Some(q) => q.to_string(),
+    };
+    if query.trim().is_empty() {
+        bail!("no query given (pass it as an argument or on stdin)");
+    }
+    let mut body = serde_json::json!({
+        "sql": query,
+        "consistency": if args.strong { "strong" } else { "none" },
+    });
+    if let Some(i) = args.min_index {
+        body["min_index"] = serde_json::json!(i);
+    }
+    let url = format!("{}/v1/sql", base(&args.node.node));
+    let resp = http()?
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.context("reading the answer")?;
+    if !status.is_success() {
+        bail!(
+            "{} ({status})",
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or("query failed")
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    print!("{}", render_table(&answer));
+    Ok(())
+}
+
+/// A plain-text table of a `/v1/sql` answer.
+fn render_table(answer: &Value) -> String {
+    let names: Vec<String> = answer["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    let rows: Vec<Vec<String>> = answer["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            r.as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| match v {
+                    Value::Null => "NULL".to_string(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = names.iter().map(|n| n.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", parts.join(" | ").trim_end())
+    };
+    let mut out = line(&names);
+    out.push_str(&format!(
+        "{}\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    ));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out.push_str(&format!(
+        "({} row{}; record store complete up to log index {})\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        answer["watermark"]
+    ));
+    if answer["truncated"].as_bool() == Some(true) {
+        if let Some(m) = answer["message"].as_str() {
+            out.push_str(&format!("{m}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_a_table_with_nulls_and_a_footer() {
+        let answer = serde_json::json!({
+            "columns": [{"name": "api_name", "type": "VARCHAR"}, {"name": "n", "type": "BIGINT"}],
+            "rows": [["PizzaShackAPI", 12], [null, 3]],
+            "watermark": 42,
+            "truncated": false
+        });
+        let table = super::render_table(&answer);
+        assert!(table.starts_with("api_name      | n\n"), "{table}");
+        assert!(table.contains("PizzaShackAPI | 12"), "{table}");
+        assert!(table.contains("NULL          | 3"), "{table}");
+        assert!(
+            table.contains("(2 rows; record store complete up to log index 42)"),
+            "{table}"
+        );
+    }
+}

@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
-use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role};
+use tally_api::SqlLimits;
+use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
 /// The configuration file, as written by an operator. Unknown keys are an error: a typo
 /// must not silently fall back to a default.
@@ -25,6 +26,24 @@ pub struct FileConfig {
     pub raft: RaftSection,
     #[serde(default)]
     pub ingest: IngestSection,
+    #[serde(default)]
+    pub sink: SinkSection,
+    #[serde(default)]
+    pub sql: SqlSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    pub batch_events: Option<usize>,
+    pub max_backlog_events: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSection {
+    pub timeout_ms: Option<u64>,
+    pub max_rows: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,14 +123,26 @@ pub struct ServeArgs {
     /// Ingest requests that may queue for the leader's batcher before 503s.
     #[arg(long, env = "TALLY_INGEST_QUEUE_REQUESTS")]
     pub queue_requests: Option<usize>,
+    /// Events per record-store transaction.
+    #[arg(long, env = "TALLY_SINK_BATCH_EVENTS")]
+    pub sink_batch_events: Option<usize>,
+    /// Events waiting for the record store beyond which ingest answers 503.
+    #[arg(long, env = "TALLY_SINK_MAX_BACKLOG_EVENTS")]
+    pub sink_max_backlog_events: Option<usize>,
+    /// Statement timeout of /v1/sql queries in ms.
+    #[arg(long, env = "TALLY_SQL_TIMEOUT_MS")]
+    pub sql_timeout_ms: Option<u64>,
+    /// Most rows a /v1/sql answer carries (more are cut, and the answer says so).
+    #[arg(long, env = "TALLY_SQL_MAX_ROWS")]
+    pub sql_max_rows: Option<usize>,
 }
 
 /// A node's effective configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub listen: String,
-    pub record_store: Option<String>,
     pub max_body_bytes: usize,
+    pub sql: SqlLimits,
     pub node: NodeOptions,
 }
 
@@ -210,9 +241,45 @@ impl ServeArgs {
         if max_body_bytes < 1024 {
             bail!("ingest.max_body_bytes must be at least 1024");
         }
+        let mut sink = SinkConfig::default();
+        if let Some(n) = self.sink_batch_events.or(file.sink.batch_events) {
+            if n == 0 {
+                bail!("sink.batch_events must be at least 1");
+            }
+            sink.batch_events = n;
+        }
+        if let Some(n) = self
+            .sink_max_backlog_events
+            .or(file.sink.max_backlog_events)
+        {
+            if n == 0 || n > analytics::SINK_PENDING_CAP {
+                bail!(
+                    "sink.max_backlog_events must be between 1 and {}",
+                    analytics::SINK_PENDING_CAP
+                );
+            }
+            sink.max_backlog_events = n;
+        }
+        let mut sql = SqlLimits::default();
+        if let Some(ms) = self.sql_timeout_ms.or(file.sql.timeout_ms) {
+            if ms == 0 {
+                bail!("sql.timeout_ms must be at least 1");
+            }
+            sql.timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(n) = self.sql_max_rows.or(file.sql.max_rows) {
+            if n == 0 {
+                bail!("sql.max_rows must be at least 1");
+            }
+            sql.max_rows = n;
+        }
+        let record_store = self.record_store.or(file.record_store);
+        if role == Role::Data && record_store.is_none() {
+            tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
+        }
         Ok(NodeConfig {
             listen,
-            record_store: self.record_store.or(file.record_store),
+            sql,
             max_body_bytes,
             node: NodeOptions {
                 id,
@@ -231,6 +298,8 @@ impl ServeArgs {
                     .or(file.raft.log_keep_behind_snapshot)
                     .unwrap_or(DEFAULT_LOG_KEEP),
                 batcher,
+                record_store,
+                sink,
             },
         })
     }

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role};
+use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
 use crate::config::{NodeConfig, DEFAULT_LOG_KEEP, DEFAULT_SNAPSHOT_THRESHOLD};
 use crate::serve::{shutdown_signal, RunningNode};
@@ -82,13 +82,16 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         .collect();
     let witnesses = BTreeSet::from([3u64]);
     let secret = format!("demo-{}", rand::thread_rng().gen::<u64>());
+    // Both data nodes write to one SQLite file: the record store is shared, as a MySQL
+    // server would be in production, so whichever node leads continues the same tables.
+    let records = format!("sqlite://{}", dir.join("records.db").display());
 
     let mut nodes = Vec::new();
     for (id, addr) in &members {
         let cfg = NodeConfig {
             listen: addr.clone(),
-            record_store: None,
             max_body_bytes: 8 << 20,
+            sql: tally_api::SqlLimits::default(),
             node: NodeOptions {
                 id: *id,
                 role: if witnesses.contains(id) {
@@ -104,6 +107,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 snapshot_threshold: DEFAULT_SNAPSHOT_THRESHOLD,
                 log_keep_behind_snapshot: DEFAULT_LOG_KEEP,
                 batcher: BatcherConfig::default(),
+                record_store: Some(records.clone()),
+                sink: SinkConfig::default(),
             },
         };
         let node = RunningNode::start(cfg).await.with_context(|| {
@@ -130,10 +135,24 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         "Sending about {} sample events/s from three API gateways (with some duplicate posts).",
         args.rate
     );
+    // The binary as the user can run it from another terminal (e.g. ./target/release/tally).
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(
+                p.strip_prefix(&cwd)
+                    .map(|r| format!("./{}", r.display()))
+                    .unwrap_or_else(|_| p.display().to_string()),
+            )
+        })
+        .unwrap_or_else(|| "tally".to_string());
     println!("Try, in another terminal:");
     println!("  curl -s 'http://{n1}/v1/aggregates?granularity=minute&group_by=api_name' | python3 -m json.tool");
     println!("  curl -s 'http://{}/v1/aggregates?granularity=hour&api=PizzaShackAPI&group_by=resource,method&consistency=linearizable'", members[&3]);
-    println!("  tally cluster status --node http://{n1}");
+    println!("  {exe} cluster status --node http://{n1}");
+    println!("  {exe} sql --node http://{n1} \"SELECT api_name, SUM(requests) AS requests, SUM(errors_5xx) AS errors_5xx FROM usage_hour GROUP BY api_name ORDER BY requests DESC\"");
+    println!("  (records are in {})", records);
     println!(
         "  curl -s http://{n1}/v1/state/digest; curl -s http://{}/v1/state/digest",
         members[&2]

@@ -33,6 +33,8 @@ enum Command {
     Cluster(client::ClusterCommand),
     /// Post events from an NDJSON file or stdin.
     Post(client::PostArgs),
+    /// Run one read-only SQL query against the record store.
+    Sql(client::SqlArgs),
 }
 
 fn main() -> Result<()> {
@@ -53,6 +55,7 @@ fn main() -> Result<()> {
             Command::Demo(args) => demo::demo(args).await,
             Command::Cluster(cmd) => client::cluster(cmd).await,
             Command::Post(args) => client::post(args).await,
+            Command::Sql(args) => client::sql(args).await,
         }
     })
 }

@@ -21,8 +21,8 @@ pub struct RunningNode {
 impl RunningNode {
     /// Binds the listener, starts Raft and serves HTTP.
     pub async fn start(cfg: NodeConfig) -> Result<RunningNode> {
-        if let Some(store) = &cfg.record_store {
-            tracing::info!(record_store = %redact(store), "record store configured (the sink arrives with the record-store work; events stay in the Raft log)");
+        if let Some(store) = &cfg.node.record_store {
+            tracing::info!(record_store = %redact(store), "record store configured");
         }
         // Bind first: a node that cannot listen should fail before touching its log.
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -36,6 +36,7 @@ impl RunningNode {
             node.clone(),
             Limits {
                 max_body_bytes: cfg.max_body_bytes,
+                sql: cfg.sql.clone(),
             },
         )?;
         let app = tally_api::router(state);

@@ -82,9 +82,43 @@ pub async fn get_cluster(State(app): State<AppState>) -> Response {
             "entries": ingest.entries.load(Ordering::Relaxed),
             "rejected_overload": ingest.rejected_overload.load(Ordering::Relaxed),
         },
-        "sink": Value::Null,
+        "sink": sink_json(node),
     }))
     .into_response()
+}
+
+fn sink_json(node: &tally_raft::Node) -> Value {
+    if !node.has_record_store() {
+        return json!({"enabled": false});
+    }
+    let (status, applied) = {
+        let a = node.state.read();
+        (a.state.sink_status(), a.applied_index())
+    };
+    let watermark = status
+        .oldest_pending_index
+        .map_or(applied, |o| o.saturating_sub(1));
+    let report = node.sink.report();
+    json!({
+        "enabled": true,
+        "active": report.active,
+        "connected": node.records().is_some(),
+        "replicated_cursor": status.cursor,
+        "store_cursor": report.store_cursor,
+        "watermark": watermark,
+        "lag_entries": applied.saturating_sub(watermark),
+        "pending_events": status.pending_events,
+        "oldest_pending_index": status.oldest_pending_index,
+        "dropped_events": status.dropped_events,
+        "max_backlog_events": node.options.sink.max_backlog_events,
+        "events_written": report.events_written,
+        "events_already_present": report.events_already_present,
+        "transactions": report.transactions,
+        "last_write_ms": report.last_write_ms,
+        "last_error": report.last_error,
+        "last_error_ms": report.last_error_ms,
+        "consecutive_errors": report.consecutive_errors,
+    })
 }
 
 pub async fn post_init(State(app): State<AppState>) -> Response {
@@ -253,6 +287,44 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "Day buckets held in memory.",
         "gauge",
         stats.buckets_day as u64,
+    );
+    let sink_status = applied.state.sink_status();
+    let report = node.sink.report();
+    gauge(
+        "tally_sink_pending_events",
+        "Counted events not yet confirmed in the record store.",
+        "gauge",
+        sink_status.pending_events as u64,
+    );
+    gauge(
+        "tally_sink_replicated_cursor",
+        "Log index up to which the record store holds every event (replicated).",
+        "gauge",
+        sink_status.cursor,
+    );
+    gauge(
+        "tally_sink_active",
+        "1 while this node's sink writes (leader with a record store).",
+        "gauge",
+        u64::from(report.active),
+    );
+    gauge(
+        "tally_sink_events_written_total",
+        "Events this node's sink inserted into the record store.",
+        "counter",
+        report.events_written,
+    );
+    gauge(
+        "tally_sink_consecutive_errors",
+        "Record-store errors since the last success.",
+        "gauge",
+        report.consecutive_errors,
+    );
+    gauge(
+        "tally_sink_dropped_events_total",
+        "Events dropped from the sink queue at its cap (no record store draining it).",
+        "counter",
+        sink_status.dropped_events,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -91,6 +91,14 @@ async fn handle(
             "overloaded",
             "the ingest queue is full; retry after a moment",
         )),
+        Err(IngestError::SinkBacklog { pending }) => {
+            let mut e = ApiError::unavailable(
+                "record_store_backlog",
+                format!("{pending} events are waiting for the record store (sink.max_backlog_events reached); ingest resumes as it catches up"),
+            );
+            e.retry_after = Some(5);
+            Err(e)
+        }
         Err(IngestError::Unknown(m)) => Err(ApiError::unavailable(
             "outcome_unknown",
             format!("{m}; the events may or may not be counted: retry with the same event ids (duplicates are counted once)"),

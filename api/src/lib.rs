@@ -4,6 +4,7 @@
 //!   leader; followers and the witness forward (or answer 307 with `?redirect`).
 //! * `GET /v1/aggregates`, `GET /v1/state/digest` — analytic reads from a data node's state;
 //!   the witness forwards them and never answers from state of its own.
+//! * `POST /v1/sql` — one read-only query against the record store (MySQL/SQLite).
 //! * `GET /v1/cluster`, `POST /v1/cluster/init`, `/healthz`, `/readyz`, `/metrics`.
 //! * `/raft/*` — Raft RPC, bincode bodies, refused without the cluster secret.
 //!
@@ -16,6 +17,7 @@ pub mod forward;
 pub mod ingest;
 pub mod raft_rpc;
 pub mod reads;
+pub mod sql;
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ use bytes::Bytes;
 
 use error::ApiError;
 use forward::Forwarder;
+pub use sql::SqlLimits;
 use tally_raft::Node;
 
 /// Request size limits.
@@ -35,12 +38,14 @@ use tally_raft::Node;
 pub struct Limits {
     /// Largest `POST /v1/events` body; larger ones get 413.
     pub max_body_bytes: usize,
+    pub sql: SqlLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 8 << 20,
+            sql: SqlLimits::default(),
         }
     }
 }
@@ -71,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(ingest::post_events))
         .route("/v1/aggregates", get(reads::get_aggregates))
         .route("/v1/state/digest", get(reads::get_digest))
+        .route("/v1/sql", post(sql::post_sql))
         .route("/v1/cluster", get(cluster::get_cluster))
         .route("/v1/cluster/init", post(cluster::post_init))
         .route("/healthz", get(cluster::healthz))

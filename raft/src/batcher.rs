@@ -58,6 +58,9 @@ pub enum IngestError {
     WitnessLeader,
     #[error("ingest queue is full")]
     Overloaded,
+    /// The record store is behind by more events than the configured bound.
+    #[error("{pending} events are waiting for the record store")]
+    SinkBacklog { pending: usize },
     /// The entry may or may not commit; retrying with the same event ids is safe.
     #[error("commit outcome unknown: {0}")]
     Unknown(String),

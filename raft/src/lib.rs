@@ -5,6 +5,7 @@
 //!   nothing on a witness; builds and installs checksummed snapshot files.
 //! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret.
 //! * [`batcher`] — group commit: concurrent ingest requests become one entry.
+//! * [`sink`] — the leader's exactly-once writer into the record store.
 //! * [`node`] — assembles a node from its options.
 //!
 //! Invariants kept here: an ingest request is acknowledged only after its entry is committed
@@ -16,9 +17,11 @@ pub mod batcher;
 pub mod network;
 pub mod node;
 pub mod rpc;
+pub mod sink;
 pub mod state_machine;
 pub mod types;
 
 pub use batcher::{BatcherConfig, IngestAck, IngestError};
 pub use node::{Node, NodeError, NodeOptions, RaftTiming};
+pub use sink::{SinkConfig, SinkReport};
 pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};

@@ -9,10 +9,12 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::storage::RaftLogStorage;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use tally_storage::records::RecordStore;
 use tally_storage::{LogStore, SnapshotFiles};
 
 use crate::batcher::{BatcherConfig, IngestAck, IngestError, IngestQueue};
 use crate::network::HttpNetwork;
+use crate::sink::{self, SinkConfig, SinkMonitor};
 use crate::state_machine::{SharedState, StateMachine};
 use crate::types::{NodeId, Raft, RaftMetrics, Role, TallyNode, TypeConfig};
 
@@ -36,6 +38,9 @@ pub struct NodeOptions {
     /// from the log instead of a snapshot).
     pub log_keep_behind_snapshot: u64,
     pub batcher: BatcherConfig,
+    /// Record store URL (`mysql://…`, `sqlite://…`); a data node without one runs no sink.
+    pub record_store: Option<String>,
+    pub sink: SinkConfig,
 }
 
 /// Raft timers, in milliseconds.
@@ -82,6 +87,9 @@ pub struct Node {
     pub snapshots: Arc<SnapshotFiles>,
     pub ingest: IngestQueue,
     recovered: Arc<AtomicBool>,
+    /// The record store, once connected (data nodes with `record_store` only).
+    records: Arc<std::sync::OnceLock<RecordStore>>,
+    pub sink: SinkMonitor,
     pub options: NodeOptions,
 }
 
@@ -128,6 +136,30 @@ impl Node {
             });
         }
         let ingest = IngestQueue::start(raft.clone(), options.batcher.clone());
+        if options.role == Role::Witness {
+            let every = Duration::from_millis(options.timing.heartbeat_ms.max(10) * 2);
+            tokio::spawn(hand_leadership_to_data_node(raft.clone(), every));
+        }
+        let records = Arc::new(std::sync::OnceLock::new());
+        let sink = SinkMonitor::default();
+        if let (Role::Data, Some(url)) = (options.role, options.record_store.clone()) {
+            tokio::spawn(connect_records(
+                url,
+                raft.clone(),
+                state.clone(),
+                records.clone(),
+                sink.clone(),
+                options.sink.clone(),
+            ));
+        }
+        if options.role == Role::Data {
+            tokio::spawn(purge_behind_snapshots(
+                raft.clone(),
+                state.clone(),
+                options.record_store.is_some(),
+                options.log_keep_behind_snapshot,
+            ));
+        }
         Ok(Arc::new(Node {
             id: options.id,
             role: options.role,
@@ -137,6 +169,8 @@ impl Node {
             snapshots,
             ingest,
             recovered,
+            records,
+            sink,
             options,
         }))
     }
@@ -164,6 +198,16 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The record store, when this node has one and it has been reached at least once.
+    pub fn records(&self) -> Option<&RecordStore> {
+        self.records.get()
+    }
+
+    /// Whether this node is configured with a record store (it may not be reachable yet).
+    pub fn has_record_store(&self) -> bool {
+        self.role == Role::Data && self.options.record_store.is_some()
     }
 
     /// Whether the state machine has applied what the cluster had committed over this node's
@@ -228,6 +272,12 @@ impl Node {
         if self.role == Role::Witness {
             return Err(IngestError::WitnessLeader);
         }
+        if self.has_record_store() {
+            let pending = self.state.read().state.sink_status().pending_events;
+            if pending >= self.options.sink.max_backlog_events {
+                return Err(IngestError::SinkBacklog { pending });
+            }
+        }
         self.ingest.submit(events).await
     }
 
@@ -250,6 +300,64 @@ impl Node {
     }
 }
 
+/// Connects to the record store (retrying while it is unreachable), then starts the sink.
+async fn connect_records(
+    url: String,
+    raft: Raft,
+    state: SharedState,
+    slot: Arc<std::sync::OnceLock<RecordStore>>,
+    monitor: SinkMonitor,
+    config: SinkConfig,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let store = loop {
+        match RecordStore::connect(&url).await {
+            Ok(store) => break store,
+            Err(e) => {
+                monitor.connect_error(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    tracing::info!("record store connected");
+    let _ = slot.set(store.clone());
+    sink::run(raft, state, store, config, monitor).await;
+}
+
+/// Purges the log behind snapshots, but never past an event the record store may still
+/// lack: the sink queue in the replicated state already carries those events, and keeping
+/// their log entries too means an operator can always rebuild them from the log.
+async fn purge_behind_snapshots(raft: Raft, state: SharedState, has_sink: bool, keep: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (snapshot, purged) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.running_state.is_err() {
+                return;
+            }
+            (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+        };
+        let Some(snapshot) = snapshot else { continue };
+        let oldest_pending = if has_sink {
+            state.read().state.sink_status().oldest_pending_index
+        } else {
+            None
+        };
+        let floor = oldest_pending.map_or(snapshot, |oldest| oldest.saturating_sub(1));
+        let upto = snapshot.min(floor).saturating_sub(keep);
+        if upto > 0 && Some(upto) > purged {
+            if let Err(e) = raft.trigger().purge_log(upto).await {
+                tracing::debug!("purge: {e}");
+                return;
+            }
+        }
+    }
+}
+
 /// Refuses to start when the log was purged past the state we could restore: the entries
 /// in between are gone, and applying the rest would silently skip them. (This happens only
 /// when the newest snapshot file is corrupt and an older one was used.)
@@ -268,6 +376,44 @@ async fn check_no_gap(log: &LogStore<TypeConfig>, state: &SharedState) -> Result
         )));
     }
     Ok(())
+}
+
+/// A witness can win an election (e.g. when a data node's vote request was refused under the
+/// dead leader's lease and the witness's own timer fired next), but it cannot acknowledge
+/// writes. While it leads, it hands leadership to the first data voter that holds its whole
+/// log; until one does, writes get a clear 503 (`witness_leader`).
+async fn hand_leadership_to_data_node(raft: Raft, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let target = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            m.replication.as_ref().and_then(|progress| {
+                progress
+                    .iter()
+                    .find(|(id, matched)| {
+                        voters.contains(*id)
+                            && membership.get_node(*id).is_some_and(|n| !n.witness)
+                            && matched.as_ref().map(|l| l.index) == m.last_log_index
+                    })
+                    .map(|(id, _)| *id)
+            })
+        };
+        if let Some(to) = target {
+            tracing::info!(
+                to,
+                "witness is leader: handing leadership to an up-to-date data node"
+            );
+            if raft.trigger().transfer_leader(to).await.is_err() {
+                return; // Raft has stopped.
+            }
+        }
+    }
 }
 
 fn initial_members(options: &NodeOptions) -> Result<BTreeMap<NodeId, TallyNode>, NodeError> {
@@ -328,7 +474,9 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
         election_timeout_min: emin,
         election_timeout_max: emax,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold.max(1)),
-        max_in_snapshot_log_to_keep: options.log_keep_behind_snapshot,
+        // Purging is ours (`purge_behind_snapshots`): openraft's automatic purge does not
+        // know about the record store.
+        max_in_snapshot_log_to_keep: u64::MAX,
         install_snapshot_timeout: 60_000,
         ..Default::default()
     };

@@ -176,6 +176,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         },
                         Role::Witness => Response::default(),
                     },
+                    EntryPayload::Normal(Request::SinkCursor(cursor)) => {
+                        if self.role == Role::Data {
+                            applied.state.advance_sink(entry.log_id.index, *cursor);
+                        }
+                        Response::default()
+                    }
                     EntryPayload::Membership(m) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Response::default()

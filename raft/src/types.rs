@@ -83,6 +83,9 @@ impl std::str::FromStr for Role {
 pub enum Request {
     /// Client requests group-committed into one entry, stamped by the proposer.
     Ingest(analytics::IngestBatch),
+    /// The record store holds every event up to this log index (published by the
+    /// leader's sink after its transaction commits).
+    SinkCursor(u64),
 }
 
 impl fmt::Display for Request {
@@ -94,6 +97,7 @@ impl fmt::Display for Request {
                 b.requests.len(),
                 b.requests.iter().map(Vec::len).sum::<usize>()
             ),
+            Request::SinkCursor(c) => write!(f, "sink-cursor({c})"),
         }
     }
 }

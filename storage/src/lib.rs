@@ -1,13 +1,18 @@
-//! Tally's durable storage: the Raft log on sled and the snapshot files.
+//! Tally's durable storage: the Raft log on sled, the snapshot files, and the SQL record
+//! store.
 //!
-//! Job: keep what Raft and the state machine need to survive a crash, and nothing else.
+//! Job: keep what Raft and the state machine need to survive a crash, and the analytic
+//! records users query.
 //!
 //! - [`LogStore`] implements openraft's `RaftLogStorage`/`RaftLogReader` on sled: entries,
 //!   vote, committed and last-purged log ids.
 //! - [`SnapshotFiles`] writes state-machine snapshots as checksummed files and keeps the newest
 //!   few.
+//! - [`records`] is the record store (MySQL/MariaDB or SQLite through sqlx): the sink's
+//!   exactly-once write and the read-only SQL endpoint's engine. It has its own error type,
+//!   [`records::RecordError`], and documents its invariants in its module doc.
 //!
-//! Invariants:
+//! Invariants (of the log and snapshots):
 //!
 //! 1. **Acknowledged means durable.** A vote is on stable storage before `save_vote` returns;
 //!    appended entries are on stable storage before their `IOFlushed` callback fires. "On stable
@@ -26,6 +31,7 @@ mod codec;
 mod error;
 mod fsync;
 mod log_store;
+pub mod records;
 mod snapshot_files;
 
 pub use error::StorageError;

@@ -1,0 +1,171 @@
+//! The record store: analytic records in SQL (SPEC §3), written by the leader's sink and
+//! read through the read-only SQL endpoint (SPEC §4). MySQL/MariaDB in production, SQLite
+//! as the embedded default. The schema is documented for users in `docs/sql.md`.
+//!
+//! - [`RecordStore::connect`] opens pools and applies the versioned migrations
+//!   (`storage/migrations/{mysql,sqlite}`, embedded in the binary).
+//! - [`RecordStore::write`] is the sink's only write: one transaction that checks and moves
+//!   the cursor and inserts exactly the events that are new, with their usage deltas.
+//! - [`check_read_only`] and [`RecordStore::query_read_only`] serve `POST /v1/sql`.
+//!
+//! Invariants:
+//!
+//! 1. **Exactly once.** `events` holds each event id once, and `usage_*` equal a `GROUP BY`
+//!    over `events`, after any sequence of crashes, retries and competing sinks: a write
+//!    locks `sink_state`, refuses to run from a stale cursor, counts only rows it inserts,
+//!    and commits rows, usage and cursor together.
+//! 2. **Same numbers as memory.** Usage deltas come from `analytics::Measures::add`, the
+//!    function the in-memory state uses; keys compare bytewise on both dialects.
+//! 3. **Reads cannot write.** User SQL must parse as exactly one query, and then runs on a
+//!    separate read-only pool inside a read-only transaction, under a statement timeout and
+//!    a row cap. Either layer alone refuses a write.
+
+mod connect;
+mod error;
+mod guard;
+mod query;
+mod sink;
+mod usage;
+
+use std::time::Duration;
+
+use sqlx::{MySqlPool, SqlitePool};
+
+pub use error::RecordError;
+pub use guard::check_read_only;
+pub use query::{ColumnInfo, QueryLimits, QueryResult};
+pub use sink::{SinkBatch, SinkOutcome};
+
+/// The SQL dialect behind a store; it decides how user SQL is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// MySQL 8 or MariaDB ≥ 10.2.
+    MySql,
+    Sqlite,
+}
+
+/// A connection to the record store. Cheap to clone (pools are shared).
+#[derive(Clone, Debug)]
+pub struct RecordStore {
+    backend: Backend,
+}
+
+/// Each dialect has two pools: `pool` for the sink and housekeeping, `read_pool` for user
+/// SQL only. Read connections are read-only for their whole life and carry per-query
+/// settings (timeouts, progress handlers) that must never leak into the sink's work.
+#[derive(Clone, Debug)]
+enum Backend {
+    MySql {
+        pool: MySqlPool,
+        read_pool: MySqlPool,
+        flavor: connect::MySqlFlavor,
+    },
+    Sqlite {
+        pool: SqlitePool,
+        read_pool: SqlitePool,
+    },
+}
+
+/// How long a caller waits for a pooled connection before the store counts as down.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RecordStore {
+    /// Connects to `url` and brings the schema up to date.
+    ///
+    /// `mysql://user:pass@host:3306/db` (also `mariadb://`, and `?socket=/path` for a Unix
+    /// socket), or `sqlite://relative/path.db` / `sqlite:///absolute/path.db` (the file and
+    /// its directory are created if missing; WAL mode). Errors name the URL with the
+    /// password redacted.
+    pub async fn connect(url: &str) -> Result<RecordStore, RecordError> {
+        let backend = connect::open(url).await?;
+        Ok(RecordStore { backend })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::MySql { .. } => Dialect::MySql,
+            Backend::Sqlite { .. } => Dialect::Sqlite,
+        }
+    }
+
+    /// Health check: one round trip on the sink's pool.
+    pub async fn ping(&self) -> Result<(), RecordError> {
+        let ping = RecordError::db("ping");
+        match &self.backend {
+            Backend::MySql { pool, .. } => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Backend::Sqlite { pool, .. } => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+        .map_err(ping)
+    }
+
+    /// The log index up to which the store holds every event (`sink_state.applied_index`).
+    pub async fn cursor(&self) -> Result<u64, RecordError> {
+        const SQL: &str = "SELECT applied_index FROM sink_state WHERE id = 1";
+        let read = RecordError::db("read sink_state");
+        let found = match &self.backend {
+            Backend::MySql { pool, .. } => sqlx::query_scalar::<_, u64>(SQL)
+                .fetch_optional(pool)
+                .await
+                .map_err(read)?,
+            Backend::Sqlite { pool, .. } => sqlx::query_scalar::<_, i64>(SQL)
+                .fetch_optional(pool)
+                .await
+                .map_err(read)?
+                .map(|index| index.max(0) as u64),
+        };
+        found.ok_or_else(sink::missing_cursor_row)
+    }
+
+    /// Writes one sink batch exactly once; see [`SinkBatch`].
+    pub async fn write(&self, batch: SinkBatch<'_>) -> Result<SinkOutcome, RecordError> {
+        match &self.backend {
+            Backend::MySql { pool, .. } => sink::mysql::write(pool, batch).await,
+            Backend::Sqlite { pool, .. } => sink::sqlite::write(pool, batch).await,
+        }
+    }
+
+    /// Runs one user query: [`check_read_only`], then a read-only transaction with the
+    /// statement timeout and row cap of `limits`.
+    pub async fn query_read_only(
+        &self,
+        sql: &str,
+        limits: QueryLimits,
+    ) -> Result<QueryResult, RecordError> {
+        check_read_only(sql, self.dialect())?;
+        self.query_read_only_unchecked(sql, limits).await
+    }
+
+    /// [`query_read_only`](Self::query_read_only) without the parser check. Exists so tests
+    /// can prove the database layer refuses writes on its own; never call it with user SQL.
+    #[doc(hidden)]
+    pub async fn query_read_only_unchecked(
+        &self,
+        sql: &str,
+        limits: QueryLimits,
+    ) -> Result<QueryResult, RecordError> {
+        match &self.backend {
+            Backend::MySql {
+                pool,
+                read_pool,
+                flavor,
+            } => query::mysql::run(pool, read_pool, *flavor, sql, limits).await,
+            Backend::Sqlite { read_pool, .. } => query::sqlite::run(read_pool, sql, limits).await,
+        }
+    }
+
+    /// Closes every pooled connection (waits for borrowed ones to come back).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::MySql {
+                pool, read_pool, ..
+            } => {
+                read_pool.close().await;
+                pool.close().await;
+            }
+            Backend::Sqlite { pool, read_pool } => {
+                read_pool.close().await;
+                pool.close().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,984 @@
+//! Harness for the end-to-end tests: a real three-process Tally cluster (two data nodes and
+//! a witness) on loopback ports, plus small HTTP helpers and an independent model of the
+//! aggregates.
+//!
+//! Every child process is started by this harness and killed (SIGKILL) by pid when the
+//! [`Cluster`] is dropped, including while a failing test unwinds; the node logs are then
+//! printed so a failure explains itself. Every wait is bounded in time. Set
+//! `TALLY_TEST_KEEP=1` to keep the temporary directory (configs, data, logs).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+pub const SECRET: &str = "s3cret";
+/// The witness of every test cluster.
+pub const WITNESS: u64 = 3;
+pub const DATA_NODES: [u64; 2] = [1, 2];
+pub const ALL_NODES: [u64; 3] = [1, 2, 3];
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+/// Options that differ between scenarios.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOpts {
+    pub snapshot_threshold: Option<u64>,
+    pub log_keep_behind_snapshot: Option<u64>,
+}
+
+struct NodeProc {
+    id: u64,
+    witness: bool,
+    addr: String,
+    data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running (or partly running) test cluster. Dropping it kills every child.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    nodes: BTreeMap<u64, NodeProc>,
+    /// Follows no redirects (so `?redirect` answers can be inspected).
+    pub http: reqwest::Client,
+    api: Api,
+}
+
+/// How a batch is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `application/json`, an array of objects.
+    Array,
+    /// `application/json`, one bare object (the batch must hold exactly one event).
+    Object,
+    /// `application/x-ndjson`, one object per line.
+    Ndjson,
+}
+
+/// HTTP access to the cluster's nodes; cheap to clone into concurrent tasks.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    urls: BTreeMap<u64, String>,
+}
+
+impl Api {
+    pub fn url(&self, id: u64) -> &str {
+        &self.urls[&id]
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Resp, reqwest::Error> {
+        let resp = req.send().await?;
+        let header = |name: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let status = resp.status().as_u16();
+        let retry_after = header(reqwest::header::RETRY_AFTER);
+        let location = header(reqwest::header::LOCATION);
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Resp {
+            status,
+            retry_after,
+            location,
+            content_type,
+            body,
+        })
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> Result<Resp, reqwest::Error> {
+        self.send(self.http.get(format!("{}{path}", self.url(id))))
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        id: u64,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Resp, reqwest::Error> {
+        let mut req = self.http.post(format!("{}{path}", self.url(id))).body(body);
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        self.send(req).await
+    }
+
+    /// Posts `events` to node `id`'s `/v1/events`, framed as `format`.
+    pub async fn post_events(
+        &self,
+        id: u64,
+        format: Format,
+        events: &[Value],
+    ) -> Result<Resp, reqwest::Error> {
+        self.post_events_to(id, "/v1/events", format, events).await
+    }
+
+    /// Like [`Api::post_events`] with another path (e.g. `/v1/events?redirect`).
+    pub async fn post_events_to(
+        &self,
+        id: u64,
+        path: &str,
+        format: Format,
+        events: &[Value],
+    ) -> Result<Resp, reqwest::Error> {
+        let (ct, body) = encode_batch(format, events);
+        self.post_raw(id, path, Some(ct), body).await
+    }
+}
+
+/// Content type and body of `events` framed as `format`.
+pub fn encode_batch(format: Format, events: &[Value]) -> (&'static str, Vec<u8>) {
+    match format {
+        Format::Array => (
+            "application/json",
+            serde_json::to_vec(&Value::Array(events.to_vec())).unwrap(),
+        ),
+        Format::Object => {
+            assert_eq!(events.len(), 1, "Format::Object needs exactly one event");
+            ("application/json", serde_json::to_vec(&events[0]).unwrap())
+        }
+        Format::Ndjson => ("application/x-ndjson", ndjson(events)),
+    }
+}
+
+/// An HTTP answer with the parts the tests look at.
+#[derive(Clone, Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub location: Option<String>,
+    pub content_type: Option<String>,
+    /// The JSON body, or the raw text as a JSON string when it is not JSON.
+    pub body: Value,
+}
+
+impl Resp {
+    /// `error.code` of a JSON error body.
+    pub fn error_code(&self) -> Option<&str> {
+        self.body["error"]["code"].as_str()
+    }
+
+    pub fn details(&self) -> Vec<Value> {
+        self.body["error"]["details"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Free loopback ports: bind port 0 for each, read it back, then release them all.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+impl Cluster {
+    /// Writes the configs and starts all three processes (not yet formed into a cluster).
+    pub async fn start(opts: ClusterOpts) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("tally-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let ports = free_ports(3);
+        let addrs: BTreeMap<u64, String> = ALL_NODES
+            .iter()
+            .zip(&ports)
+            .map(|(id, p)| (*id, format!("127.0.0.1:{p}")))
+            .collect();
+        let mut members = String::new();
+        for (id, addr) in &addrs {
+            members.push_str(&format!("{id} = \"{addr}\"\n"));
+        }
+        let mut raft = String::new();
+        if let Some(t) = opts.snapshot_threshold {
+            raft.push_str(&format!("snapshot_threshold = {t}\n"));
+        }
+        if let Some(k) = opts.log_keep_behind_snapshot {
+            raft.push_str(&format!("log_keep_behind_snapshot = {k}\n"));
+        }
+        let mut nodes = BTreeMap::new();
+        for (&id, addr) in &addrs {
+            let witness = id == WITNESS;
+            let data_dir = dir.path().join(format!("n{id}"));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let config = dir.path().join(format!("node{id}.toml"));
+            let text = format!(
+                "id = {id}\nrole = \"{role}\"\nlisten = \"{addr}\"\ndata_dir = \"{dd}\"\n\n\
+                 [cluster]\nsecret = \"{SECRET}\"\nwitnesses = [{WITNESS}]\n\n\
+                 [cluster.members]\n{members}\n[raft]\n{raft}",
+                role = if witness { "witness" } else { "data" },
+                dd = data_dir.display(),
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.insert(
+                id,
+                NodeProc {
+                    id,
+                    witness,
+                    addr: addr.clone(),
+                    data_dir,
+                    config,
+                    log: dir.path().join(format!("node{id}.log")),
+                    child: None,
+                },
+            );
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let api = Api {
+            http: http.clone(),
+            urls: nodes
+                .iter()
+                .map(|(id, n)| (*id, format!("http://{}", n.addr)))
+                .collect(),
+        };
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            nodes,
+            http,
+            api,
+        };
+        for id in ALL_NODES {
+            cluster.spawn(id);
+        }
+        for id in ALL_NODES {
+            cluster.wait_healthy(id).await;
+        }
+        cluster
+    }
+
+    /// Starts the cluster, forms it, and waits for a data-node leader. Returns the leader.
+    pub async fn start_formed(opts: ClusterOpts) -> (Cluster, u64) {
+        let cluster = Cluster::start(opts).await;
+        cluster.init().await;
+        let leader = cluster.wait_leader().await;
+        (cluster, leader)
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.node(id).addr
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.node(id).addr)
+    }
+
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).data_dir
+    }
+
+    pub fn log_path(&self, id: u64) -> &Path {
+        &self.node(id).log
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    pub fn live_nodes(&self) -> Vec<u64> {
+        ALL_NODES
+            .into_iter()
+            .filter(|&id| self.is_running(id))
+            .collect()
+    }
+
+    pub fn live_data_nodes(&self) -> Vec<u64> {
+        DATA_NODES
+            .into_iter()
+            .filter(|&id| self.is_running(id))
+            .collect()
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        // Only the config file speaks: no TALLY_* variable from the caller's environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TALLY_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&node.config)
+            .env("TALLY_LOG", "info,openraft=warn")
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn tally");
+        node.child = Some(child);
+    }
+
+    async fn wait_healthy(&mut self, id: u64) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(child) = self.nodes.get_mut(&id).unwrap().child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.nodes.get_mut(&id).unwrap().child = None;
+                    panic!(
+                        "node {id} exited during startup ({status}):\n{}",
+                        self.log_tail(id, 40)
+                    );
+                }
+            }
+            if let Ok(r) = self.get(id, "/healthz").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} not healthy within {STARTUP_TIMEOUT:?}:\n{}",
+                self.log_tail(id, 40)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// `POST /v1/cluster/init` on node 1 (idempotent), retried briefly.
+    pub async fn init(&self) {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            match self.post_raw(1, "/v1/cluster/init", None, Vec::new()).await {
+                Ok(r) if r.status == 200 => return,
+                other => assert!(Instant::now() < deadline, "cluster init failed: {other:?}"),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILLs node `id` (a child of this harness) and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        // `Child::kill` sends SIGKILL on unix.
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("[harness] killed node {id} (SIGKILL)");
+    }
+
+    /// Restarts a killed node with the same config and data directory.
+    pub async fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_healthy(id).await;
+        eprintln!("[harness] restarted node {id}");
+    }
+
+    // ---- HTTP -----------------------------------------------------------------------------
+
+    /// A cloneable HTTP client for this cluster (for concurrent tasks).
+    pub fn api(&self) -> Api {
+        self.api.clone()
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> Result<Resp, reqwest::Error> {
+        self.api.get(id, path).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        id: u64,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Resp, reqwest::Error> {
+        self.api.post_raw(id, path, content_type, body).await
+    }
+
+    /// Posts `body` (an object or an array) as `application/json` to `/v1/events`.
+    pub async fn post_json(&self, id: u64, body: &Value) -> Result<Resp, reqwest::Error> {
+        self.api
+            .post_raw(
+                id,
+                "/v1/events",
+                Some("application/json"),
+                serde_json::to_vec(body).unwrap(),
+            )
+            .await
+    }
+
+    /// Posts `events` as NDJSON to `/v1/events`.
+    pub async fn post_ndjson(&self, id: u64, events: &[Value]) -> Result<Resp, reqwest::Error> {
+        self.api.post_events(id, Format::Ndjson, events).await
+    }
+
+    /// GET that must answer 200 with JSON.
+    pub async fn get_ok(&self, id: u64, path: &str) -> Value {
+        let r = self
+            .get(id, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on node {id}: {e}"));
+        assert_eq!(r.status, 200, "GET {path} on node {id}: {r:?}");
+        r.body
+    }
+
+    /// `GET /v1/cluster` of node `id`.
+    pub async fn status(&self, id: u64) -> Result<Value, String> {
+        match self.get(id, "/v1/cluster").await {
+            Ok(r) if r.status == 200 => Ok(r.body),
+            Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The `rows` of `GET /v1/aggregates?{query}` on node `id`.
+    pub async fn aggregate_rows(&self, id: u64, query: &str) -> (u64, Vec<Value>) {
+        let body = self.get_ok(id, &format!("/v1/aggregates?{query}")).await;
+        let index = body["applied_index"].as_u64().expect("applied_index");
+        (index, body["rows"].as_array().expect("rows").clone())
+    }
+
+    // ---- Waiting for the cluster ------------------------------------------------------------
+
+    /// Waits until every live node names the same leader, and that leader is a live data
+    /// node that reports itself leader. Returns its id.
+    pub async fn wait_leader(&self) -> u64 {
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        loop {
+            let last = match self.agreed_leader().await {
+                Ok(id) => return id,
+                Err(why) => why,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "no agreed data-node leader within {LEADER_TIMEOUT:?}: {last}\n{}",
+                self.all_log_tails(30)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn agreed_leader(&self) -> Result<u64, String> {
+        let mut leaders = BTreeSet::new();
+        let mut statuses = BTreeMap::new();
+        for id in self.live_nodes() {
+            let s = self
+                .status(id)
+                .await
+                .map_err(|e| format!("node {id}: {e}"))?;
+            leaders.insert(s["leader_id"].as_u64());
+            statuses.insert(id, s);
+        }
+        let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(l)] => *l,
+            other => return Err(format!("leaders seen: {other:?}")),
+        };
+        let s = statuses
+            .get(&leader)
+            .ok_or_else(|| format!("leader {leader} is not a live node"))?;
+        if s["raft_state"] != "Leader" || s["role"] != "data" {
+            return Err(format!(
+                "node {leader}: raft_state {} role {}",
+                s["raft_state"], s["role"]
+            ));
+        }
+        Ok(leader)
+    }
+
+    /// Waits until every live node answers `/readyz` with 200 (leader known, caught up).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        for id in self.live_nodes() {
+            loop {
+                let r = self.get(id, "/readyz").await;
+                if matches!(&r, Ok(r) if r.status == 200) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} not ready within {CONVERGE_TIMEOUT:?}: {r:?}"
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// Waits until every live data node has applied the same index, at least the leader's
+    /// committed index, and no write is in flight. Returns that index.
+    pub async fn wait_converged(&self) -> u64 {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let last = match self.converged_once().await {
+                Ok(i) => return i,
+                Err(why) => why,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "data nodes did not converge within {CONVERGE_TIMEOUT:?}: {last}\n{}",
+                self.all_log_tails(30)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn converged_once(&self) -> Result<u64, String> {
+        let leader = self.agreed_leader().await?;
+        let ls = self.status(leader).await?;
+        let committed = ls["committed_index"].as_u64().unwrap_or(0);
+        let last_log = ls["last_log_index"].as_u64().unwrap_or(0);
+        if committed != last_log {
+            return Err(format!(
+                "leader {leader}: committed {committed} < last log {last_log}"
+            ));
+        }
+        let mut applied = BTreeMap::new();
+        for id in self.live_data_nodes() {
+            let s = self.status(id).await?;
+            applied.insert(id, s["applied_index"].as_u64().unwrap_or(0));
+        }
+        let distinct: BTreeSet<u64> = applied.values().copied().collect();
+        match distinct.into_iter().collect::<Vec<_>>().as_slice() {
+            [i] if *i >= committed => Ok(*i),
+            _ => Err(format!(
+                "applied {applied:?}, leader {leader} committed {committed}"
+            )),
+        }
+    }
+
+    /// Waits for convergence, then checks that every live data node reports the same digest
+    /// at the same applied index. Returns `(applied_index, digest)`.
+    pub async fn assert_same_state(&self) -> (u64, String) {
+        for _ in 0..20 {
+            let index = self.wait_converged().await;
+            let mut seen = BTreeMap::new();
+            for id in self.live_data_nodes() {
+                let d = self.get_ok(id, "/v1/state/digest").await;
+                assert_eq!(d["node_id"].as_u64(), Some(id), "digest answered by {d}");
+                seen.insert(
+                    id,
+                    (
+                        d["applied_index"].as_u64().unwrap(),
+                        d["digest"].as_str().unwrap().to_string(),
+                    ),
+                );
+            }
+            let indexes: BTreeSet<u64> = seen.values().map(|(i, _)| *i).collect();
+            if indexes.len() != 1 || !indexes.contains(&index) {
+                // Something was applied in between (e.g. a blank entry of a new term).
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            let digests: BTreeSet<&String> = seen.values().map(|(_, d)| d).collect();
+            assert_eq!(
+                digests.len(),
+                1,
+                "data nodes differ at the same applied index {index}: {seen:?}"
+            );
+            return (index, digests.into_iter().next().unwrap().clone());
+        }
+        panic!("applied index kept moving; cannot compare digests");
+    }
+
+    // ---- Logs -----------------------------------------------------------------------------
+
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of node `id`'s log (reads at most the last 64 KiB).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Ok(mut f) = File::open(self.log_path(id)) else {
+            return String::from("(no log)");
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn all_log_tails(&self, lines: usize) -> String {
+        ALL_NODES
+            .iter()
+            .map(|&id| {
+                format!(
+                    "----- node {id} log ({}) -----\n{}",
+                    self.log_path(id).display(),
+                    self.log_tail(id, lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Cluster {
+    /// `GET /v1/cluster` of every live node, fetched with plain blocking std I/O (usable in
+    /// `Drop`, where no async runtime can be relied on). For failure reports.
+    pub fn status_dump(&self) -> String {
+        use std::io::Write;
+        let mut out = String::new();
+        for node in self.nodes.values().filter(|n| n.child.is_some()) {
+            let text = (|| -> std::io::Result<String> {
+                let addr = node.addr.parse().map_err(std::io::Error::other)?;
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {}\r\n\r\n", node.addr)?;
+                let mut buf = String::new();
+                s.read_to_string(&mut buf)?;
+                Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+            })();
+            out.push_str(&format!(
+                "----- node {} /v1/cluster -----\n{}\n",
+                node.id,
+                text.unwrap_or_else(|e| format!("(unavailable: {e})"))
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.status_dump());
+        }
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let keep = std::env::var_os("TALLY_TEST_KEEP").is_some();
+        if std::thread::panicking() {
+            eprintln!("{}", self.all_log_tails(40));
+        }
+        if let Some(dir) = self.dir.take() {
+            if keep {
+                let path = dir.keep();
+                eprintln!("[harness] kept {}", path.display());
+            }
+        }
+    }
+}
+
+// ---- Events and the model ---------------------------------------------------------------------
+
+pub fn ndjson(events: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend(serde_json::to_vec(e).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// RFC 3339 text for epoch `ms`, in UTC (`Z`) or with a whole-hour offset (`+HH:00`).
+pub fn rfc3339(ms: i64, offset_hours: i64) -> String {
+    let local = ms + offset_hours * 3_600_000;
+    let days = local.div_euclid(86_400_000);
+    let rem = local.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    let zone = if offset_hours == 0 {
+        "Z".to_string()
+    } else {
+        format!(
+            "{}{:02}:00",
+            if offset_hours < 0 { '-' } else { '+' },
+            offset_hours.abs()
+        )
+    };
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}{zone}")
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+pub const DAY_MS: i64 = 86_400_000;
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The measures of SPEC §3, computed by the test from the events it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Measures {
+    pub requests: u64,
+    pub errors_4xx: u64,
+    pub errors_5xx: u64,
+    pub faults: u64,
+    pub throttled: u64,
+    pub latency_count: u64,
+    pub latency_sum_ms: u64,
+    pub latency_min_ms: Option<u64>,
+    pub latency_max_ms: Option<u64>,
+    pub bytes_sum: u64,
+}
+
+impl Measures {
+    /// Counts one event given as the JSON the test posted.
+    pub fn add(&mut self, e: &Value) {
+        match e["kind"].as_str().unwrap_or("request") {
+            "request" => {
+                self.requests += 1;
+                match e["response_code"].as_u64() {
+                    Some(400..=499) => self.errors_4xx += 1,
+                    Some(500..=599) => self.errors_5xx += 1,
+                    _ => {}
+                }
+            }
+            "fault" => self.faults += 1,
+            "throttle" => self.throttled += 1,
+            other => panic!("model: unknown kind {other}"),
+        }
+        if let Some(l) = e["response_time_ms"].as_u64() {
+            self.latency_count += 1;
+            self.latency_sum_ms += l;
+            self.latency_min_ms = Some(self.latency_min_ms.map_or(l, |m| m.min(l)));
+            self.latency_max_ms = Some(self.latency_max_ms.map_or(l, |m| m.max(l)));
+        }
+        if let Some(b) = e["response_size"].as_u64() {
+            self.bytes_sum += b;
+        }
+    }
+
+    /// Reads the measures of an aggregate row.
+    pub fn from_row(row: &Value) -> Measures {
+        let n = |k: &str| {
+            row[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("row lacks {k}: {row}"))
+        };
+        Measures {
+            requests: n("requests"),
+            errors_4xx: n("errors_4xx"),
+            errors_5xx: n("errors_5xx"),
+            faults: n("faults"),
+            throttled: n("throttled"),
+            latency_count: n("latency_count"),
+            latency_sum_ms: n("latency_sum_ms"),
+            latency_min_ms: row["latency_min_ms"].as_u64(),
+            latency_max_ms: row["latency_max_ms"].as_u64(),
+            bytes_sum: n("bytes_sum"),
+        }
+    }
+}
+
+/// Turns aggregate rows into `(bucket_ms, [group column values]) → measures`.
+pub fn rows_to_map(rows: &[Value], group_by: &[&str]) -> BTreeMap<(i64, Vec<String>), Measures> {
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let bucket = row["bucket_ms"].as_i64().expect("bucket_ms");
+        let key: Vec<String> = group_by
+            .iter()
+            .map(|c| {
+                row[*c]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("row lacks {c}: {row}"))
+                    .to_string()
+            })
+            .collect();
+        let prev = out.insert((bucket, key.clone()), Measures::from_row(row));
+        assert!(prev.is_none(), "two rows for {bucket} {key:?}");
+    }
+    out
+}
+
+/// Event time of an event the test built (integer ms or RFC 3339).
+pub fn event_ts_ms(e: &Value) -> i64 {
+    match &e["timestamp"] {
+        Value::Number(n) => n.as_i64().unwrap(),
+        Value::String(s) => parse_rfc3339_ms(s),
+        other => panic!("bad timestamp {other}"),
+    }
+}
+
+/// Parses exactly what [`rfc3339`] writes.
+fn parse_rfc3339_ms(s: &str) -> i64 {
+    let num = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, mo, d) = (num(0..4), num(5..7), num(8..10));
+    let (h, mi, sec, ms) = (num(11..13), num(14..16), num(17..19), num(20..23));
+    let offset_h = match &s[23..] {
+        "Z" => 0,
+        z => {
+            let v = num(24..26);
+            if z.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+    };
+    let days = days_from_civil(y, mo, d);
+    days * DAY_MS + h * HOUR_MS + mi * 60_000 + sec * 1000 + ms - offset_h * HOUR_MS
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A simple valid request event.
+pub fn simple_event(id: &str, ts_ms: i64, api: &str, resource: &str) -> Value {
+    json!({
+        "event_id": id,
+        "timestamp": ts_ms,
+        "api_name": api,
+        "api_version": "v1",
+        "resource": resource,
+        "method": "GET",
+        "response_code": 200,
+        "response_time_ms": 7,
+        "response_size": 100,
+    })
+}
+
+/// Aggregates computed by the test: `(bucket_ms, [group values]) → measures`.
+pub type Model = BTreeMap<(i64, Vec<String>), Measures>;
+
+/// Buckets `events` (distinct, as posted) by event time floored to `width_ms` (UTC) and
+/// groups them by `group_by` columns (a missing optional column is `""`).
+pub fn model<'a>(
+    events: impl IntoIterator<Item = &'a Value>,
+    width_ms: i64,
+    group_by: &[&str],
+) -> Model {
+    let mut out = Model::new();
+    for e in events {
+        let bucket = event_ts_ms(e).div_euclid(width_ms) * width_ms;
+        let key = group_by
+            .iter()
+            .map(|c| e[*c].as_str().unwrap_or("").to_string())
+            .collect();
+        out.entry((bucket, key)).or_default().add(e);
+    }
+    out
+}
+
+/// Width of a granularity name.
+pub fn width_ms(granularity: &str) -> i64 {
+    match granularity {
+        "minute" => 60_000,
+        "hour" => HOUR_MS,
+        "day" => DAY_MS,
+        other => panic!("granularity {other}"),
+    }
+}
+
+/// Asserts that node `id` answers `granularity` × `group_by` exactly as the model of
+/// `events` says. Returns the applied index of the answer.
+pub async fn assert_aggregates_match(
+    cluster: &Cluster,
+    id: u64,
+    granularity: &str,
+    group_by: &[&str],
+    events: &[&Value],
+) -> u64 {
+    let query = format!("granularity={granularity}&group_by={}", group_by.join(","));
+    let (index, rows) = cluster.aggregate_rows(id, &query).await;
+    let got = rows_to_map(&rows, group_by);
+    let want = model(events.iter().copied(), width_ms(granularity), group_by);
+    if got != want {
+        let mut diffs = Vec::new();
+        for key in got.keys().chain(want.keys()).collect::<BTreeSet<_>>() {
+            if got.get(key) != want.get(key) {
+                diffs.push(format!(
+                    "  {key:?}: node {:?}, model {:?}",
+                    got.get(key),
+                    want.get(key)
+                ));
+            }
+        }
+        panic!(
+            "node {id}: aggregates {query} differ from the model in {} of {} rows:\n{}",
+            diffs.len(),
+            got.len().max(want.len()),
+            diffs.into_iter().take(20).collect::<Vec<_>>().join("\n")
+        );
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_roundtrips() {
+        for ms in [0, 1_700_000_000_123, 951_782_400_000, 4_102_444_799_999] {
+            for off in [-5, 0, 2] {
+                assert_eq!(super::parse_rfc3339_ms(&super::rfc3339(ms, off)), ms);
+            }
+        }
+        assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(1_700_000_000_123, 0),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+}
