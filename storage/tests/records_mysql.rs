@@ -264,3 +264,9 @@ async fn connect_errors_redact_the_password() {
         .to_string();
     assert!(err.contains("nope"), "{err}");
 }
+
+#[tokio::test]
+async fn documented_examples_run_mysql() {
+    let db = mariadb();
+    documented_examples_run(&db.url()).await;
+}

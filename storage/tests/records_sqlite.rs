@@ -197,3 +197,9 @@ async fn huge_values_are_capped_at_i64_max() {
     .await;
     assert_eq!(stored, max);
 }
+
+#[tokio::test]
+async fn documented_examples_run_sqlite() {
+    let (_dir, url) = fresh();
+    documented_examples_run(&url).await;
+}

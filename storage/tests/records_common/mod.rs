@@ -725,3 +725,32 @@ pub async fn json_mapping(url: &str) {
         row[5]
     );
 }
+
+/// Every ```sql example in docs/sql.md passes the checker and runs.
+pub async fn documented_examples_run(url: &str) {
+    let store = connect(url).await;
+    store
+        .write(batch(0, 1, 1, &sample_events(200, 12)))
+        .await
+        .unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sql.md"))
+        .expect("read docs/sql.md");
+    let examples: Vec<&str> = doc
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .collect();
+    assert!(examples.len() >= 8, "found {} examples", examples.len());
+    for sql in examples {
+        let result = store
+            .query_read_only(sql, LIMITS)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "docs/sql.md example failed on {:?}: {e}\n{sql}",
+                    store.dialect()
+                )
+            });
+        assert!(!result.columns.is_empty(), "{sql}");
+    }
+}

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use sqlx::mysql::MySql;
 use sqlx::query_builder::Separated;
-use sqlx::{Connection, MySqlConnection, MySqlPool, QueryBuilder};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::{
     candidates, chunks, event_size, event_values, events_insert_prefix, missing_cursor_row, now_ms,
@@ -19,17 +19,7 @@ pub(crate) async fn write(
     batch: SinkBatch<'_>,
 ) -> Result<SinkOutcome, RecordError> {
     let rows = candidates(&batch)?;
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(RecordError::db("acquire a connection"))?;
-    // READ COMMITTED: every plain read below sees what the previous holder of the
-    // sink_state lock committed. Applies to the next transaction only.
-    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        .execute(&mut *conn)
-        .await
-        .map_err(RecordError::db("set the isolation level"))?;
-    let mut tx = conn.begin().await.map_err(RecordError::db("begin"))?;
+    let mut tx = pool.begin().await.map_err(RecordError::db("begin"))?;
     match write_in(&mut tx, &batch, &rows).await {
         Ok(outcome) => {
             tx.commit().await.map_err(RecordError::db("commit"))?;
@@ -106,7 +96,10 @@ async fn existing_ids(
         for row in chunk {
             ids.push_bind(row.event.event_id.as_str());
         }
-        select.push(")");
+        // A locking read sees the latest committed rows whatever the isolation level and
+        // snapshot; sinks are already serialized by the sink_state lock, so it costs no
+        // contention.
+        select.push(") LOCK IN SHARE MODE");
         let found: Vec<String> = select
             .build_query_scalar()
             .persistent(false)

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use analytics::Event;
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::Sqlite;
-use sqlx::{Connection, QueryBuilder, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, SqliteConnection, SqlitePool};
 
 use super::{
     candidates, chunks, event_size, event_values, events_insert_prefix, missing_cursor_row, now_ms,
@@ -34,11 +34,7 @@ pub(crate) async fn write(
     for row in &rows {
         to_i64(row.log_index, "log_index")?;
     }
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(RecordError::db("acquire a connection"))?;
-    let mut tx = conn
+    let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(RecordError::db("begin"))?;
