@@ -52,8 +52,12 @@ impl RunningNode {
         Ok(RunningNode { node, stop, server })
     }
 
-    /// Stops accepting requests, lets in-flight ones finish, then stops Raft.
+    /// Hands leadership over (if this node leads), stops accepting requests, lets
+    /// in-flight ones finish, then stops Raft.
     pub async fn stop(self) {
+        // While the server still runs: requests arriving during the hand-over are
+        // forwarded to the new leader instead of failing.
+        self.node.step_down(std::time::Duration::from_secs(3)).await;
         let _ = self.stop.send(true);
         match tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await {
             Ok(Ok(Ok(()))) => {}

@@ -292,6 +292,75 @@ impl Node {
         Ok(read.index())
     }
 
+    /// The data voter (other than this node) that best qualifies as the next leader: the
+    /// one whose replicated log reaches furthest (leader's view), else any data voter.
+    pub fn best_successor(&self) -> Option<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let progress = m.replication.clone().unwrap_or_default();
+        membership
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .filter(|id| membership.get_node(id).is_some_and(|n| !n.witness))
+            .max_by_key(|id| progress.get(id).cloned().flatten().map(|l| l.index))
+    }
+
+    /// Hands leadership to `to` and waits (up to `timeout`) until another node leads.
+    /// Returns the new leader. Only a data voter can be the target.
+    pub async fn transfer_leadership(
+        &self,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<NodeId, NodeError> {
+        match self.member(to) {
+            None => return Err(NodeError::Invalid(format!("node {to} is not a member"))),
+            Some(n) if n.witness => {
+                return Err(NodeError::Invalid(format!(
+                    "node {to} is the witness: it cannot acknowledge writes, so it never takes leadership on request"
+                )))
+            }
+            Some(_) => {}
+        }
+        if !self.is_leader() {
+            return Err(NodeError::Invalid("this node is not the leader".into()));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let me = self.id;
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership moved",
+            )
+            .await
+            .map_err(|e| {
+                NodeError::Timeout(format!("leadership did not move to node {to}: {e}"))
+            })?;
+        Ok(m.current_leader.unwrap_or(to))
+    }
+
+    /// Before a planned stop: if this node leads, hand leadership to the best data voter so
+    /// writes continue without waiting for an election timeout.
+    pub async fn step_down(&self, timeout: Duration) {
+        if !self.is_leader() {
+            return;
+        }
+        let Some(to) = self.best_successor() else {
+            tracing::warn!("leader stopping with no other data voter to hand over to");
+            return;
+        };
+        match self.transfer_leadership(to, timeout).await {
+            Ok(new) => tracing::info!(new_leader = new, "handed leadership over before stopping"),
+            Err(e) => tracing::warn!("could not hand leadership over before stopping: {e}"),
+        }
+    }
+
     /// Stops Raft. The HTTP server should already be closed.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
