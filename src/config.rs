@@ -63,6 +63,7 @@ pub struct RaftSection {
     pub election_max_ms: Option<u64>,
     pub snapshot_threshold: Option<u64>,
     pub log_keep_behind_snapshot: Option<u64>,
+    pub witness_max_log_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +118,9 @@ pub struct ServeArgs {
     /// Log entries kept behind the newest snapshot.
     #[arg(long, env = "TALLY_RAFT_LOG_KEEP_BEHIND_SNAPSHOT")]
     pub log_keep_behind_snapshot: Option<u64>,
+    /// Log entries a witness keeps beyond what every data node holds in a snapshot.
+    #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_ENTRIES")]
+    pub witness_max_log_entries: Option<u64>,
     /// Largest POST /v1/events body in bytes.
     #[arg(long, env = "TALLY_INGEST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -300,6 +304,10 @@ impl ServeArgs {
                 batcher,
                 record_store,
                 sink,
+                witness_max_log_entries: self
+                    .witness_max_log_entries
+                    .or(file.raft.witness_max_log_entries)
+                    .unwrap_or(tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES),
             },
         })
     }

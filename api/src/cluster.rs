@@ -36,9 +36,13 @@ pub async fn get_cluster(State(app): State<AppState>) -> Response {
             })
         })
         .collect();
-    let (applied_index, stats) = {
+    let (applied_index, stats, snapshot_floor) = {
         let applied = node.state.read();
-        (applied.applied_index(), applied.state.stats())
+        (
+            applied.applied_index(),
+            applied.state.stats(),
+            applied.snapshot_floor,
+        )
     };
     let sync = node.log.sync_stats();
     let log = node.log.log_stats();
@@ -69,6 +73,11 @@ pub async fn get_cluster(State(app): State<AppState>) -> Response {
             "synced_index": sync.synced_last_index,
         },
         "snapshots": snapshots,
+        "retention": {
+            // What every data member holds in a snapshot: the witness purges up to here.
+            "snapshot_floor": snapshot_floor,
+            "witness_max_log_entries": node.options.witness_max_log_entries,
+        },
         "state": {
             "buckets_minute": stats.buckets_minute,
             "buckets_hour": stats.buckets_hour,
@@ -221,6 +230,18 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "Entries held in the local Raft log.",
         "gauge",
         log.entries,
+    );
+    gauge(
+        "tally_log_first_index",
+        "First index held in the local Raft log.",
+        "gauge",
+        log.first_index.unwrap_or(0),
+    );
+    gauge(
+        "tally_raft_snapshot_floor",
+        "Index every data member holds in a snapshot (the witness purges up to it).",
+        "gauge",
+        applied.snapshot_floor,
     );
     gauge(
         "tally_log_fsyncs_total",

@@ -168,6 +168,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        if crate::state_machine::is_witness_payload(&snapshot.snapshot) {
+            // Invariant: a witness never ships analytic state it does not have. The data
+            // node stays behind (and writes unavailable) until a data node can send it a
+            // real snapshot.
+            return Err(StreamingError::Unreachable(Unreachable::from_string(
+                format!(
+                    "node {}: needs a snapshot, and a witness holds no analytic state to send; \
+                 waiting for a data node to lead",
+                    self.target
+                ),
+            )));
+        }
         let req = (vote, snapshot.meta, snapshot.snapshot);
         // A snapshot can be large: give it the whole hard TTL and at least a minute.
         let timeout = option.hard_ttl().max(Duration::from_secs(60));

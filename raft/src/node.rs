@@ -16,7 +16,7 @@ use crate::batcher::{BatcherConfig, IngestAck, IngestError, IngestQueue};
 use crate::network::HttpNetwork;
 use crate::sink::{self, SinkConfig, SinkMonitor};
 use crate::state_machine::{SharedState, StateMachine};
-use crate::types::{NodeId, Raft, RaftMetrics, Role, TallyNode, TypeConfig};
+use crate::types::{NodeId, Raft, RaftMetrics, Request, Role, TallyNode, TypeConfig};
 
 /// Snapshot files kept on disk per node.
 const SNAPSHOTS_KEPT: usize = 3;
@@ -41,7 +41,14 @@ pub struct NodeOptions {
     /// Record store URL (`mysql://…`, `sqlite://…`); a data node without one runs no sink.
     pub record_store: Option<String>,
     pub sink: SinkConfig,
+    /// A witness keeps at most this many log entries beyond the snapshot floor; past it, it
+    /// purges anyway (a data node down that long must then be rebuilt from the other data
+    /// node's snapshot).
+    pub witness_max_log_entries: u64,
 }
+
+/// Default of [`NodeOptions::witness_max_log_entries`].
+pub const DEFAULT_WITNESS_MAX_LOG_ENTRIES: u64 = 1_000_000;
 
 /// Raft timers, in milliseconds.
 #[derive(Clone, Debug)]
@@ -151,6 +158,18 @@ impl Node {
                 sink.clone(),
                 options.sink.clone(),
             ));
+        }
+        match options.role {
+            Role::Data => {
+                tokio::spawn(publish_snapshot_floor(raft.clone(), state.clone()));
+            }
+            Role::Witness => {
+                tokio::spawn(witness_purge(
+                    raft.clone(),
+                    state.clone(),
+                    options.witness_max_log_entries,
+                ));
+            }
         }
         if options.role == Role::Data {
             tokio::spawn(purge_behind_snapshots(
@@ -421,6 +440,119 @@ async fn purge_behind_snapshots(raft: Raft, state: SharedState, has_sink: bool, 
         if upto > 0 && Some(upto) > purged {
             if let Err(e) = raft.trigger().purge_log(upto).await {
                 tracing::debug!("purge: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// On the leader: learns how far every data member's snapshot reaches and publishes the
+/// minimum as [`Request::SnapshotFloor`], so the witness knows what it may purge. A data
+/// member that cannot be asked (down) holds the floor where it was.
+async fn publish_snapshot_floor(raft: Raft, state: SharedState) {
+    let Ok(http) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (me, own, members) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.running_state.is_err() {
+                return;
+            }
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            let members: Vec<(NodeId, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, n)| **id != m.id && !n.witness)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            (m.id, m.snapshot.map(|l| l.index).unwrap_or(0), members)
+        };
+        let mut floor = own;
+        for (id, addr) in members {
+            let index = async {
+                let v: serde_json::Value = http
+                    .get(format!("http://{addr}/v1/cluster"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (v["node_id"].as_u64() == Some(id))
+                    .then(|| v["snapshot_index"].as_u64().unwrap_or(0))
+            }
+            .await;
+            match index {
+                Some(i) => floor = floor.min(i),
+                None => {
+                    floor = 0;
+                    break;
+                }
+            }
+        }
+        let current = state.read().snapshot_floor;
+        if floor > current {
+            tracing::debug!(leader = me, floor, "publishing snapshot floor");
+            if let Err(e) = raft.client_write(Request::SnapshotFloor(floor)).await {
+                tracing::debug!("publishing snapshot floor: {e}");
+            }
+        }
+    }
+}
+
+/// On the witness: purges the log up to the snapshot floor (what every data member holds in
+/// a snapshot), and beyond it only when more than `max_entries` would be kept.
+async fn witness_purge(raft: Raft, state: SharedState, max_entries: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_at = 0u64;
+    loop {
+        tick.tick().await;
+        let (snapshot, purged, last) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.running_state.is_err() {
+                return;
+            }
+            (
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index).unwrap_or(0),
+                m.last_log_index.unwrap_or(0),
+            )
+        };
+        let Some(snapshot) = snapshot else { continue };
+        let floor = state.read().snapshot_floor;
+        let mut upto = snapshot.min(floor);
+        let over_bound = last.saturating_sub(max_entries);
+        if over_bound > upto {
+            let forced = over_bound.min(snapshot);
+            if forced > upto && forced > warned_at {
+                tracing::warn!(
+                    floor,
+                    purge_to = forced,
+                    max_entries,
+                    "witness log over its bound: purging past the snapshot floor; a data node \
+                     behind index {forced} can now only be rebuilt from the other data node"
+                );
+                warned_at = forced + max_entries / 10;
+            }
+            upto = upto.max(forced);
+        }
+        if upto > purged {
+            if let Err(e) = raft.trigger().purge_log(upto).await {
+                tracing::debug!("witness purge: {e}");
                 return;
             }
         }

@@ -32,6 +32,9 @@ pub struct Applied {
     pub membership: StoredMembership,
     /// Always empty on a witness.
     pub state: analytics::State,
+    /// Every data member holds a snapshot covering at least this index (published by the
+    /// leader through [`Request::SnapshotFloor`]); the witness purges its log only up to it.
+    pub snapshot_floor: u64,
 }
 
 impl Applied {
@@ -71,15 +74,19 @@ impl StateMachine {
         let shared = SharedState::default();
         if let Some(stored) = snapshots.load_latest().map_err(io::Error::other)? {
             let meta: SnapshotMeta = rpc::decode(&stored.meta).map_err(io::Error::other)?;
-            let state = match role {
-                Role::Data => analytics::State::decode_snapshot(&stored.data)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
-                Role::Witness => analytics::State::new(),
+            let (state, floor) = match role {
+                Role::Data => (
+                    analytics::State::decode_snapshot(&stored.data)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+                    0,
+                ),
+                Role::Witness => (analytics::State::new(), witness_floor(&stored.data)),
             };
             let mut applied = shared.write();
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership;
             applied.state = state;
+            applied.snapshot_floor = floor;
             tracing::info!(
                 index = applied.applied_index(),
                 "restored state from snapshot file"
@@ -98,14 +105,41 @@ impl StateMachine {
 
     fn builder(&self) -> SnapshotBuilder {
         SnapshotBuilder {
+            role: self.role,
             shared: self.shared.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
 }
 
-/// Builds a snapshot of a data node's state and persists it before reporting it.
+/// First bytes of a witness's snapshot payload: a position and the snapshot floor, never
+/// analytic state. Data nodes refuse to install it, and the network refuses to send it.
+pub const WITNESS_PAYLOAD_MAGIC: &[u8; 8] = b"TALLYWIT";
+
+fn witness_payload(floor: u64) -> Vec<u8> {
+    let mut out = WITNESS_PAYLOAD_MAGIC.to_vec();
+    out.extend_from_slice(&floor.to_le_bytes());
+    out
+}
+
+/// The floor recorded in a witness payload (0 when there is none).
+fn witness_floor(payload: &[u8]) -> u64 {
+    match payload.strip_prefix(WITNESS_PAYLOAD_MAGIC.as_slice()) {
+        Some(rest) if rest.len() == 8 => u64::from_le_bytes(rest.try_into().unwrap_or([0; 8])),
+        _ => 0,
+    }
+}
+
+/// Whether snapshot bytes are a witness's (position only, no analytic state).
+pub fn is_witness_payload(data: &[u8]) -> bool {
+    data.starts_with(WITNESS_PAYLOAD_MAGIC)
+}
+
+/// Builds a snapshot and persists it before reporting it. A data node's holds its analytic
+/// state; a witness's only its position (which lets openraft purge the witness's log up to
+/// the snapshot floor).
 pub struct SnapshotBuilder {
+    role: Role,
     shared: SharedState,
     snapshots: Arc<SnapshotFiles>,
 }
@@ -120,11 +154,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
-            (meta, applied.state.encode_snapshot())
+            let data = match self.role {
+                Role::Data => applied.state.encode_snapshot(),
+                Role::Witness => witness_payload(applied.snapshot_floor),
+            };
+            (meta, data)
         };
         let meta_bytes = rpc::encode(&meta).map_err(io::Error::other)?;
         let order = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
-        let id = snapshot_id(&meta);
+        let id = snapshot_id(self.role, &meta);
         let files = self.snapshots.clone();
         let (saved, data) = tokio::task::spawn_blocking(move || {
             let saved = files.save(order, &id, &meta_bytes, &data);
@@ -141,10 +179,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-fn snapshot_id(meta: &SnapshotMeta) -> String {
+/// `term-node-index`, prefixed `w-` for a witness's position-only snapshot.
+fn snapshot_id(role: Role, meta: &SnapshotMeta) -> String {
+    let prefix = if role == Role::Witness { "w-" } else { "" };
     match &meta.last_log_id {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-        None => "0-0-0".to_string(),
+        Some(l) => format!(
+            "{prefix}{}-{}-{}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("{prefix}0-0-0"),
     }
 }
 
@@ -182,6 +225,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         Response::default()
                     }
+                    EntryPayload::Normal(Request::SnapshotFloor(floor)) => {
+                        applied.snapshot_floor = applied.snapshot_floor.max(*floor);
+                        Response::default()
+                    }
                     EntryPayload::Membership(m) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Response::default()
@@ -196,12 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {
-        match self.role {
-            Role::Data => Some(self.builder()),
-            // A witness has no analytic state: it never builds a snapshot, so it also never
-            // purges its log behind one and can always feed a data node from the log.
-            Role::Witness => None,
-        }
+        Some(self.builder())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -222,15 +264,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // log purged behind it) and drops the analytic bytes.
             Role::Witness => None,
         };
-        let stored_data = if state.is_some() {
-            snapshot
-        } else {
-            Vec::new()
+        let stored_data = match state {
+            Some(_) => snapshot,
+            None => witness_payload(self.shared.read().snapshot_floor),
         };
         // Durable first: openraft purges the log behind an installed snapshot.
         let meta_bytes = rpc::encode(meta).map_err(io::Error::other)?;
         let order = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
-        let id = snapshot_id(meta);
+        let id = snapshot_id(self.role, meta);
         let files = self.snapshots.clone();
         tokio::task::spawn_blocking(move || files.save(order, &id, &meta_bytes, &stored_data))
             .await
@@ -250,9 +291,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        if self.role == Role::Witness {
-            return Ok(None);
-        }
+        // A witness's snapshot is position-only; `network::PeerClient::full_snapshot`
+        // refuses to send it, so a data node can never install it as (empty) state.
         let files = self.snapshots.clone();
         let stored = tokio::task::spawn_blocking(move || files.load_latest())
             .await
@@ -344,26 +384,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn witness_applies_nothing_and_never_offers_a_snapshot() {
+    async fn witness_applies_nothing_and_its_snapshots_hold_no_analytics() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(Role::Witness, dir.path());
-        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"])]).await;
+        let floor = Entry {
+            log_id: log_id::<TypeConfig>(1, 1, 2),
+            payload: EntryPayload::Normal(Request::SnapshotFloor(1)),
+        };
+        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"]), floor]).await;
         let shared = sm.shared();
         {
             let a = shared.read();
-            assert_eq!(a.applied_index(), 1);
+            assert_eq!(a.applied_index(), 2);
+            assert_eq!(a.snapshot_floor, 1);
             assert_eq!(a.state.stats().events_applied, 0);
             assert_eq!(a.state.digest(), analytics::State::new().digest());
         }
-        assert!(sm.try_create_snapshot_builder(true).await.is_none());
-        assert!(sm.get_current_snapshot().await.unwrap().is_none());
-
-        // Installing a data node's snapshot keeps the position, drops the analytics.
+        // Its snapshot is position-only: no analytics, refused by data nodes.
+        let snap = sm
+            .try_create_snapshot_builder(true)
+            .await
+            .unwrap()
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(is_witness_payload(&snap.snapshot));
+        assert!(analytics::State::decode_snapshot(&snap.snapshot).is_err());
         let data_dir = tempfile::tempdir().unwrap();
         let mut data = open(Role::Data, data_dir.path());
+        assert!(data
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .is_err());
+        assert_eq!(data.shared().read().applied_index(), 0);
+
+        // Installing a data node's snapshot keeps the position, drops the analytics, and
+        // keeps the floor across a restart.
         apply_all(
             &mut data,
-            vec![ingest_entry(1, &["a"]), ingest_entry(2, &["z"])],
+            vec![
+                ingest_entry(1, &["a"]),
+                ingest_entry(2, &["z"]),
+                ingest_entry(3, &["y"]),
+            ],
         )
         .await;
         let snap = data
@@ -376,11 +439,13 @@ mod tests {
         sm.install_snapshot(&snap.meta, snap.snapshot)
             .await
             .unwrap();
-        assert_eq!(sm.shared().read().applied_index(), 2);
+        assert_eq!(sm.shared().read().applied_index(), 3);
         assert_eq!(sm.shared().read().state.stats().events_applied, 0);
-        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(is_witness_payload(&current.snapshot));
         let reopened = open(Role::Witness, dir.path());
-        assert_eq!(reopened.shared().read().applied_index(), 2);
+        assert_eq!(reopened.shared().read().applied_index(), 3);
+        assert_eq!(reopened.shared().read().snapshot_floor, 1);
     }
 
     #[tokio::test]

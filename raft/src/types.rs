@@ -86,6 +86,9 @@ pub enum Request {
     /// The record store holds every event up to this log index (published by the
     /// leader's sink after its transaction commits).
     SinkCursor(u64),
+    /// Every data member holds a snapshot covering at least this log index; the witness
+    /// may purge its log up to here (published by the leader).
+    SnapshotFloor(u64),
 }
 
 impl fmt::Display for Request {
@@ -98,6 +101,7 @@ impl fmt::Display for Request {
                 b.requests.iter().map(Vec::len).sum::<usize>()
             ),
             Request::SinkCursor(c) => write!(f, "sink-cursor({c})"),
+            Request::SnapshotFloor(i) => write!(f, "snapshot-floor({i})"),
         }
     }
 }
