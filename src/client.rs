@@ -28,6 +28,53 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a node (POST /v1/cluster/members): as a learner until it has caught up with the
+    /// leader, then as a voter. Start the new node first, with its own id, address, role and
+    /// an empty data directory; it must not run `cluster init`.
+    Add(AddArgs),
+    /// Remove a voter or a learner (DELETE /v1/cluster/members/ID). Refused when it would
+    /// leave no data voter, or no live majority.
+    Remove {
+        #[command(flatten)]
+        node: NodeArg,
+        /// Id of the node to remove.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Hand leadership to another data voter (POST /v1/cluster/leader).
+    Leader {
+        #[command(flatten)]
+        node: NodeArg,
+        /// The data voter to hand over to; by default the one whose log reaches furthest.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// Id of the node to add (a positive integer never used before in this cluster, or the
+    /// id of a member whose address changes).
+    #[arg(long)]
+    pub id: u64,
+    /// Its `host:port`, as the other members reach it.
+    #[arg(long)]
+    pub addr: String,
+    /// The node is a witness (stores the log and votes, holds no analytic state).
+    #[arg(long)]
+    pub witness: bool,
+    /// Keep it a learner (replicated to, but not voting).
+    #[arg(long, conflicts_with = "replaces")]
+    pub learner: bool,
+    /// A voter to remove in the same membership change that promotes the new node (replace
+    /// a dead data node, or move the witness).
+    #[arg(long)]
+    pub replaces: Option<u64>,
+    /// Seconds to keep waiting while the new node catches up before it is promoted.
+    #[arg(long, default_value_t = 300)]
+    pub wait: u64,
 }
 
 #[derive(Debug, Args)]
@@ -96,7 +143,107 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 print_status(&body);
             }
         }
+        ClusterCommand::Add(args) => {
+            let url = format!("{}/v1/cluster/members", base(&args.node.node));
+            let mut body = serde_json::json!({
+                "id": args.id,
+                "addr": args.addr,
+                "role": if args.witness { "witness" } else { "data" },
+                "voter": !args.learner,
+            });
+            if let Some(old) = args.replaces {
+                body["replaces"] = serde_json::json!(old);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(args.wait);
+            let answer = loop {
+                let (status, answer) =
+                    membership_call(&client, reqwest::Method::POST, &url, Some(&body)).await?;
+                // The learner keeps catching up on the leader; the same request continues.
+                let pending = status.as_u16() == 503
+                    && answer["error"]["code"].as_str() == Some("catch_up_pending");
+                if pending && std::time::Instant::now() < deadline {
+                    eprintln!("{}", answer["error"]["message"].as_str().unwrap_or(""));
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                break check_answer(&url, status, answer)?;
+            };
+            print_membership_result(&client, &args.node, &answer).await?;
+        }
+        ClusterCommand::Remove { node, id } => {
+            let url = format!("{}/v1/cluster/members/{id}", base(&node.node));
+            let (status, answer) =
+                membership_call(&client, reqwest::Method::DELETE, &url, None).await?;
+            let answer = check_answer(&url, status, answer)?;
+            print_membership_result(&client, &node, &answer).await?;
+        }
+        ClusterCommand::Leader { node, to } => {
+            let url = format!("{}/v1/cluster/leader", base(&node.node));
+            let body = match to {
+                Some(to) => serde_json::json!({ "to": to }),
+                None => serde_json::json!({}),
+            };
+            let (status, answer) =
+                membership_call(&client, reqwest::Method::POST, &url, Some(&body)).await?;
+            let answer = check_answer(&url, status, answer)?;
+            print_membership_result(&client, &node, &answer).await?;
+        }
     }
+    Ok(())
+}
+
+/// Sends a membership request; returns the status and the JSON answer.
+async fn membership_call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<(reqwest::StatusCode, Value)> {
+    let mut req = client.request(method.clone(), url);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    Ok((status, answer))
+}
+
+/// The answer of a successful request, or an error carrying the server's code and message.
+fn check_answer(url: &str, status: reqwest::StatusCode, answer: Value) -> Result<Value> {
+    if status.is_success() {
+        return Ok(answer);
+    }
+    match (
+        answer["error"]["code"].as_str(),
+        answer["error"]["message"].as_str(),
+    ) {
+        (Some(code), Some(message)) => bail!("{message} ({status}, {code})"),
+        _ => bail!("{url} answered {status}: {answer}"),
+    }
+}
+
+/// Prints what a membership request did, then the cluster as the node now sees it.
+async fn print_membership_result(
+    client: &reqwest::Client,
+    node: &NodeArg,
+    answer: &Value,
+) -> Result<()> {
+    println!("{}", answer["message"].as_str().unwrap_or("done"));
+    let url = format!("{}/v1/cluster", base(&node.node));
+    let status: Value = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .context("reading /v1/cluster")?;
+    println!();
+    print_status(&status);
     Ok(())
 }
 

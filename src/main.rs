@@ -3,6 +3,7 @@
 //! `serve` runs one node from a TOML file (SPEC §1); `demo` runs a local two-data-node +
 //! witness cluster with sample traffic; `cluster` and `post` talk to a running node.
 
+mod bench;
 mod client;
 mod config;
 mod demo;
@@ -28,13 +29,16 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Run a local 2-data + witness cluster with sample traffic.
     Demo(demo::DemoArgs),
-    /// Form the cluster or show its status.
+    /// Form the cluster, show its status, change its members or hand leadership over.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
     /// Post events from an NDJSON file or stdin.
     Post(client::PostArgs),
     /// Run one read-only SQL query against the record store.
     Sql(client::SqlArgs),
+    /// Benchmarks that start their own local cluster (build with --release).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
             Command::Cluster(cmd) => client::cluster(cmd).await,
             Command::Post(args) => client::post(args).await,
             Command::Sql(args) => client::sql(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     })
 }

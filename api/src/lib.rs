@@ -6,6 +6,8 @@
 //!   the witness forwards them and never answers from state of its own.
 //! * `POST /v1/sql` — one read-only query against the record store (MySQL/SQLite).
 //! * `GET /v1/cluster`, `POST /v1/cluster/init`, `/healthz`, `/readyz`, `/metrics`.
+//! * `POST /v1/cluster/members`, `DELETE /v1/cluster/members/{id}`, `POST /v1/cluster/leader`
+//!   — membership changes and hand-over, run on the leader (others forward).
 //! * `/raft/*` — Raft RPC, bincode bodies, refused without the cluster secret.
 //!
 //! Nothing reachable from the network panics: every handler turns failures into a JSON
@@ -15,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod forward;
 pub mod ingest;
+pub mod members;
 pub mod raft_rpc;
 pub mod reads;
 pub mod sql;
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
 
@@ -79,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sql", post(sql::post_sql))
         .route("/v1/cluster", get(cluster::get_cluster))
         .route("/v1/cluster/init", post(cluster::post_init))
+        .route("/v1/cluster/members", post(members::post_member))
+        .route("/v1/cluster/members/{id}", delete(members::delete_member))
+        .route("/v1/cluster/leader", post(members::post_leader))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))

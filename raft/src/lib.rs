@@ -14,6 +14,7 @@
 //! keeps or ships analytic state.
 
 pub mod batcher;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod rpc;

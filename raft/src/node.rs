@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::storage::RaftLogStorage;
+use openraft::Instant as _;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tally_storage::records::RecordStore;
 use tally_storage::{LogStore, SnapshotFiles};
@@ -61,9 +62,9 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 900,
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 500,
         }
     }
 }
@@ -146,6 +147,7 @@ impl Node {
         if options.role == Role::Witness {
             let every = Duration::from_millis(options.timing.heartbeat_ms.max(10) * 2);
             tokio::spawn(hand_leadership_to_data_node(raft.clone(), every));
+            tokio::spawn(witness_campaign(raft.clone(), options.timing.clone()));
         }
         let records = Arc::new(std::sync::OnceLock::new());
         let sink = SinkMonitor::default();
@@ -663,17 +665,11 @@ fn initial_members(options: &NodeOptions) -> Result<BTreeMap<NodeId, TallyNode>,
 
 fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
     let t = &options.timing;
-    // The witness campaigns later than a data node, so a data node normally wins; the
-    // witness only leads when it is the sole candidate that holds what a data node lacks.
-    let (emin, emax) = match options.role {
-        Role::Data => (t.election_min_ms, t.election_max_ms),
-        Role::Witness => (t.election_min_ms * 2, t.election_max_ms * 2),
-    };
-    let config = Config {
+    let mut config = Config {
         cluster_name: "tally".into(),
         heartbeat_interval: t.heartbeat_ms,
-        election_timeout_min: emin,
-        election_timeout_max: emax,
+        election_timeout_min: t.election_min_ms,
+        election_timeout_max: t.election_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold.max(1)),
         // Purging is ours (`purge_behind_snapshots`): openraft's automatic purge does not
         // know about the record store.
@@ -681,7 +677,64 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
         install_snapshot_timeout: 60_000,
         ..Default::default()
     };
+    if options.role == Role::Witness {
+        // The witness never starts an election on its own timer (`witness_campaign` decides
+        // when it must), so a data node wins every ordinary election. Its election timeout
+        // then only sets its leader lease — how long after the last heartbeat it refuses to
+        // vote for someone else — and a short lease lets the surviving data node win its
+        // *first* election after the leader dies. Safe: Tally's linearizable reads use
+        // ReadIndex (a quorum round), never the lease.
+        config.enable_elect = false;
+        config.election_timeout_max = (t.election_max_ms / 2).max(t.heartbeat_ms + 2);
+        config.election_timeout_min = (t.election_min_ms / 2)
+            .max(t.heartbeat_ms + 1)
+            .min(config.election_timeout_max - 1);
+    }
     config
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))
+}
+
+/// On the witness: campaign only when no leader has been heard of for two full data-node
+/// election timeouts — i.e. the data nodes could not elect one of themselves, typically
+/// because the only live data node lacks entries that the witness holds. The witness then
+/// leads as caretaker (`hand_leadership_to_data_node`).
+async fn witness_campaign(raft: Raft, timing: RaftTiming) {
+    let quiet_limit = Duration::from_millis(timing.election_max_ms * 2 + timing.heartbeat_ms);
+    let mut tick = tokio::time::interval(Duration::from_millis(timing.heartbeat_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_leader_heard = std::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let (leading, following) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.running_state.is_err() {
+                return;
+            }
+            (
+                m.state == ServerState::Leader,
+                m.current_leader.is_some() && m.vote.is_committed(),
+            )
+        };
+        // A follower's vote is refreshed by every heartbeat of the leader it follows.
+        let Ok(since_vote) = raft
+            .with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
+            .await
+        else {
+            return;
+        };
+        let heard_recently = since_vote.is_some_and(|d| d < quiet_limit / 2);
+        if leading || (following && heard_recently) {
+            last_leader_heard = std::time::Instant::now();
+            continue;
+        }
+        if last_leader_heard.elapsed() > quiet_limit {
+            tracing::info!("no leader for {quiet_limit:?}: the witness campaigns as caretaker");
+            if raft.trigger().elect(false).await.is_err() {
+                return;
+            }
+            last_leader_heard = std::time::Instant::now();
+        }
+    }
 }

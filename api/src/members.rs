@@ -1,0 +1,377 @@
+//! Membership operations (SPEC §5): `POST /v1/cluster/members`, `DELETE
+//! /v1/cluster/members/{id}` and `POST /v1/cluster/leader`.
+//!
+//! Bodies are validated on whichever node receives them (a bad body gets its 400 there and
+//! changes nothing); the operation itself runs on the leader, so a follower or the witness
+//! forwards the request, at most once (a forwarded request is never forwarded again). The
+//! rules that keep the cluster safe live in `tally_raft::membership`.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
+use tally_raft::{NodeId, Role, TallyNode};
+
+use crate::error::ApiError;
+use crate::forward::was_forwarded;
+use crate::{read_body, AppState};
+
+/// Membership request bodies are small.
+const MAX_BODY: usize = 64 * 1024;
+/// How long the leader waits for a node it is about to add to say who it is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    id: u64,
+    addr: String,
+    #[serde(default = "default_role")]
+    role: String,
+    #[serde(default = "default_true")]
+    voter: bool,
+    #[serde(default)]
+    replaces: Option<u64>,
+}
+
+fn default_role() -> String {
+    "data".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaderBody {
+    #[serde(default)]
+    to: Option<u64>,
+}
+
+/// `POST /v1/cluster/members`.
+pub async fn post_member(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let bytes = read_body(body, MAX_BODY).await?;
+        let req = parse_add(&bytes)?;
+        if let Some(resp) = route(&app, &headers, Method::POST, "/v1/cluster/members", &bytes).await
+        {
+            return Ok(resp);
+        }
+        // Ask the node to be added who it is, unless it is already a member exactly as asked:
+        // a wrong address, id or role is refused here, before anything changes.
+        if app.node.member(req.id).as_ref() != Some(&req.node) {
+            probe(&app, &req).await?;
+        }
+        let result = membership::add_member(&app.node, req).await;
+        finish(
+            &app,
+            &headers,
+            Method::POST,
+            "/v1/cluster/members",
+            &bytes,
+            result,
+            None,
+        )
+        .await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /v1/cluster/members/{id}`.
+pub async fn delete_member(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        let id = parse_id(&id)?;
+        let path = format!("/v1/cluster/members/{id}");
+        if let Some(resp) = route(&app, &headers, Method::DELETE, &path, &Bytes::new()).await {
+            return Ok(resp);
+        }
+        let result = membership::remove_member(&app.node, id).await;
+        finish(
+            &app,
+            &headers,
+            Method::DELETE,
+            &path,
+            &Bytes::new(),
+            result,
+            None,
+        )
+        .await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/cluster/leader`, body `{"to": N}` or empty (the best other data voter).
+pub async fn post_leader(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let bytes = read_body(body, MAX_BODY).await?;
+        let req: LeaderBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+            LeaderBody::default()
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?
+        };
+        if req.to == Some(0) {
+            return Err(ApiError::bad_request("\"to\" must be a positive node id"));
+        }
+        let path = "/v1/cluster/leader";
+        if let Some(resp) = route(&app, &headers, Method::POST, path, &bytes).await {
+            return Ok(resp);
+        }
+        let result = membership::transfer_leader(&app.node, req.to).await;
+        let (leader, result) = match result {
+            Ok((new, outcome)) => (Some(new), Ok(outcome)),
+            Err(e) => (None, Err(e)),
+        };
+        finish(&app, &headers, Method::POST, path, &bytes, result, leader).await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn parse_add(bytes: &[u8]) -> Result<AddMember, ApiError> {
+    let body: AddBody = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid body: {e} (expected {{\"id\": N, \"addr\": \"host:port\", \"role\": \
+             \"data\"|\"witness\", \"voter\": true, \"replaces\": N}})"
+        ))
+    })?;
+    if body.id == 0 {
+        return Err(ApiError::bad_request("id must be a positive integer"));
+    }
+    match body.replaces {
+        Some(0) => return Err(ApiError::bad_request("replaces must be a positive node id")),
+        Some(old) if old == body.id => {
+            return Err(ApiError::bad_request(format!(
+                "node {old} cannot replace itself"
+            )))
+        }
+        Some(_) if !body.voter => {
+            return Err(ApiError::bad_request(
+                "\"replaces\" swaps voters: it needs \"voter\": true",
+            ))
+        }
+        _ => {}
+    }
+    membership::validate_addr(&body.addr).map_err(ApiError::bad_request)?;
+    let role: Role = body.role.parse().map_err(ApiError::bad_request)?;
+    let node = match role {
+        Role::Data => TallyNode::data(body.addr),
+        Role::Witness => TallyNode::witness(body.addr),
+    };
+    Ok(AddMember {
+        id: body.id,
+        node,
+        voter: body.voter,
+        replaces: body.replaces,
+    })
+}
+
+fn parse_id(s: &str) -> Result<NodeId, ApiError> {
+    match s.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "{s:?} is not a node id (a positive integer)"
+        ))),
+    }
+}
+
+/// `None` on the leader; otherwise the answer of forwarding the request to the leader (or an
+/// error when none is known, or when the request was already forwarded once).
+async fn route(
+    app: &AppState,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: &Bytes,
+) -> Option<Response> {
+    if app.node.is_leader() {
+        return None;
+    }
+    Some(to_leader(app, headers, method, path, body, app.node.leader()).await)
+}
+
+async fn to_leader(
+    app: &AppState,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: &Bytes,
+    leader: Option<(NodeId, TallyNode)>,
+) -> Response {
+    match leader {
+        Some((id, _)) if was_forwarded(headers) => ApiError::unavailable(
+            "not_leader",
+            format!(
+                "this node is not the leader (leadership is moving; node {id} leads now); retry"
+            ),
+        )
+        .into_response(),
+        Some((id, node)) if id != app.node.id => {
+            app.forwarder
+                .forward(&node.addr, method, path, headers, body.clone())
+                .await
+        }
+        _ => ApiError::unavailable(
+            "no_leader",
+            "no leader is known right now (election in progress or no quorum); retry",
+        )
+        .into_response(),
+    }
+}
+
+/// Turns an operation's result into the answer: the outcome and the membership it left, or
+/// the error (leadership lost mid-way → forwarded to the new leader, at most once).
+async fn finish(
+    app: &AppState,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: &Bytes,
+    result: Result<Outcome, MembershipError>,
+    leader: Option<NodeId>,
+) -> Result<Response, ApiError> {
+    match result {
+        Ok(outcome) => {
+            let mut answer = membership_json(app);
+            answer["changed"] = json!(outcome.changed);
+            answer["message"] = json!(outcome.message);
+            if let Some(l) = leader {
+                answer["leader_id"] = json!(l);
+            }
+            Ok(axum::Json(answer).into_response())
+        }
+        Err(MembershipError::NotLeader { leader }) => {
+            Ok(to_leader(app, headers, method, path, body, leader).await)
+        }
+        Err(e) => Err(api_error(e)),
+    }
+}
+
+fn api_error(e: MembershipError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        MembershipError::Invalid(_) => ApiError::bad_request(message),
+        MembershipError::Unsafe(_) => {
+            ApiError::new(StatusCode::CONFLICT, "unsafe_membership", message)
+        }
+        MembershipError::Conflict(_) => {
+            ApiError::new(StatusCode::CONFLICT, "member_conflict", message)
+        }
+        MembershipError::UnknownMember(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_member", message)
+        }
+        MembershipError::InProgress(_) => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "membership_change_in_progress",
+                message,
+            );
+            e.retry_after = Some(1);
+            e
+        }
+        MembershipError::CatchUpPending(_) => {
+            let mut e = ApiError::unavailable("catch_up_pending", message);
+            e.retry_after = Some(5);
+            e
+        }
+        MembershipError::NotReady(_) => {
+            ApiError::new(StatusCode::CONFLICT, "target_not_ready", message)
+        }
+        MembershipError::Timeout(_) => ApiError::unavailable("outcome_unknown", message),
+        MembershipError::NotLeader { .. } => ApiError::unavailable("not_leader", message),
+        MembershipError::Raft(_) => ApiError::unavailable("unavailable", message),
+    }
+}
+
+/// The membership as this node sees it (the shape of `members` in `GET /v1/cluster`).
+fn membership_json(app: &AppState) -> Value {
+    let m = app.node.metrics();
+    let membership = m.membership_config.membership();
+    let configs = membership.get_joint_config();
+    let voters: Vec<u64> = configs
+        .last()
+        .map(|c| c.iter().copied().collect())
+        .unwrap_or_default();
+    let replication = m.replication.clone().unwrap_or_default();
+    let members: Vec<Value> = membership
+        .nodes()
+        .map(|(id, n)| {
+            json!({
+                "id": id,
+                "addr": n.addr,
+                "role": n.role().as_str(),
+                "voter": voters.contains(id),
+                "matched_index": replication.get(id).cloned().flatten().map(|l| l.index),
+            })
+        })
+        .collect();
+    json!({
+        "leader_id": m.current_leader,
+        "voters": voters,
+        "joint": configs.len() > 1,
+        "members": members,
+    })
+}
+
+/// Asks the node at `req.node.addr` who it is (`GET /v1/cluster`) and refuses to add it when
+/// it is unreachable or reports another id or role.
+async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
+    let addr = &req.node.addr;
+    let unreachable = |why: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "node_unreachable",
+            format!(
+                "cannot add node {}: {why}; start it first (it must not run cluster init) and \
+                 check the address",
+                req.id
+            ),
+        )
+    };
+    let resp = app
+        .forwarder
+        .http()
+        .get(format!("http://{addr}/v1/cluster"))
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable(format!("no answer from {addr}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(unreachable(format!(
+            "{addr} answered GET /v1/cluster with {}",
+            resp.status()
+        )));
+    }
+    let status: Value = resp
+        .json()
+        .await
+        .map_err(|e| unreachable(format!("{addr} did not answer like a Tally node: {e}")))?;
+    let (id, role) = (status["node_id"].as_u64(), status["role"].as_str());
+    if id != Some(req.id) {
+        return Err(ApiError::bad_request(format!(
+            "the node at {addr} is node {}, not node {}",
+            id.map_or("?".to_string(), |i| i.to_string()),
+            req.id
+        )));
+    }
+    let wanted = req.node.role().as_str();
+    if role != Some(wanted) {
+        return Err(ApiError::bad_request(format!(
+            "node {} at {addr} runs as {}, but the request says role {wanted:?}",
+            req.id,
+            role.unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
