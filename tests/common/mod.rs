@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+pub mod joining;
+pub mod records;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -35,6 +38,16 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct ClusterOpts {
     pub snapshot_threshold: Option<u64>,
     pub log_keep_behind_snapshot: Option<u64>,
+    /// `record_store` URL given to both data nodes (the same store); the witness gets none.
+    pub record_store: Option<String>,
+    /// `[sink] batch_events`.
+    pub sink_batch_events: Option<usize>,
+    /// `[sink] max_backlog_events`.
+    pub sink_max_backlog_events: Option<usize>,
+    /// `[sql] timeout_ms`.
+    pub sql_timeout_ms: Option<u64>,
+    /// `[sql] max_rows`.
+    pub sql_max_rows: Option<usize>,
 }
 
 struct NodeProc {
@@ -121,6 +134,17 @@ impl Api {
         self.send(req).await
     }
 
+    /// `POST /v1/sql` on node `id` with the JSON `body`.
+    pub async fn sql(&self, id: u64, body: &Value) -> Result<Resp, reqwest::Error> {
+        self.post_raw(
+            id,
+            "/v1/sql",
+            Some("application/json"),
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
     /// Posts `events` to node `id`'s `/v1/events`, framed as `format`.
     pub async fn post_events(
         &self,
@@ -195,6 +219,21 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -226,16 +265,43 @@ impl Cluster {
         if let Some(k) = opts.log_keep_behind_snapshot {
             raft.push_str(&format!("log_keep_behind_snapshot = {k}\n"));
         }
+        let mut sections = String::new();
+        let mut sink = String::new();
+        if let Some(n) = opts.sink_batch_events {
+            sink.push_str(&format!("batch_events = {n}\n"));
+        }
+        if let Some(n) = opts.sink_max_backlog_events {
+            sink.push_str(&format!("max_backlog_events = {n}\n"));
+        }
+        if !sink.is_empty() {
+            sections.push_str(&format!("\n[sink]\n{sink}"));
+        }
+        let mut sql = String::new();
+        if let Some(ms) = opts.sql_timeout_ms {
+            sql.push_str(&format!("timeout_ms = {ms}\n"));
+        }
+        if let Some(n) = opts.sql_max_rows {
+            sql.push_str(&format!("max_rows = {n}\n"));
+        }
+        if !sql.is_empty() {
+            sections.push_str(&format!("\n[sql]\n{sql}"));
+        }
         let mut nodes = BTreeMap::new();
         for (&id, addr) in &addrs {
             let witness = id == WITNESS;
             let data_dir = dir.path().join(format!("n{id}"));
             std::fs::create_dir_all(&data_dir).unwrap();
             let config = dir.path().join(format!("node{id}.toml"));
+            // A top-level key: it must come before the first table header.
+            let record_store = match (&opts.record_store, witness) {
+                (Some(url), false) => format!("record_store = {}\n", toml_string(url)),
+                _ => String::new(),
+            };
             let text = format!(
-                "id = {id}\nrole = \"{role}\"\nlisten = \"{addr}\"\ndata_dir = \"{dd}\"\n\n\
+                "id = {id}\nrole = \"{role}\"\nlisten = \"{addr}\"\ndata_dir = \"{dd}\"\n\
+                 {record_store}\n\
                  [cluster]\nsecret = \"{SECRET}\"\nwitnesses = [{WITNESS}]\n\n\
-                 [cluster.members]\n{members}\n[raft]\n{raft}",
+                 [cluster.members]\n{members}\n[raft]\n{raft}{sections}",
                 role = if witness { "witness" } else { "data" },
                 dd = data_dir.display(),
             );
@@ -482,6 +548,59 @@ impl Cluster {
         let body = self.get_ok(id, &format!("/v1/aggregates?{query}")).await;
         let index = body["applied_index"].as_u64().expect("applied_index");
         (index, body["rows"].as_array().expect("rows").clone())
+    }
+
+    /// `POST /v1/sql` on node `id` with the JSON `body`.
+    pub async fn sql(&self, id: u64, body: &Value) -> Result<Resp, reqwest::Error> {
+        self.api.sql(id, body).await
+    }
+
+    /// The `"sink"` object of node `id`'s `/v1/cluster`.
+    pub async fn sink_status(&self, id: u64) -> Result<Value, String> {
+        self.status(id).await.map(|s| s["sink"].clone())
+    }
+
+    /// Waits (bounded by `within`) until the leader's sink has written everything: the
+    /// replicated sink queue is empty on every live data node and the leader's watermark is
+    /// at least `min_index`. Returns the leader's sink object.
+    ///
+    /// (The record store's own cursor, `store_cursor` / `sink_state.applied_index`, may stay
+    /// behind `min_index`: it moves only when there are new events to write, and entries
+    /// whose events were all duplicates add none.)
+    pub async fn wait_sink_caught_up(&self, min_index: u64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = match self.sink_caught_up_once(min_index).await {
+                Ok(sink) => return sink,
+                Err(why) => why,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the record-store sink did not catch up to index {min_index} within {within:?}: \
+                 {last}\n{}",
+                self.all_log_tails(30)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn sink_caught_up_once(&self, min_index: u64) -> Result<Value, String> {
+        let leader = self.agreed_leader().await?;
+        let sink = self.sink_status(leader).await?;
+        let n = |k: &str| sink[k].as_u64();
+        if sink["enabled"] != true || sink["active"] != true {
+            return Err(format!("leader {leader}: sink not active: {sink}"));
+        }
+        if n("pending_events") != Some(0) || n("watermark").unwrap_or(0) < min_index {
+            return Err(format!("leader {leader}: {sink}"));
+        }
+        for id in self.live_data_nodes() {
+            let s = self.sink_status(id).await?;
+            if s["pending_events"].as_u64() != Some(0) {
+                return Err(format!("node {id}: sink queue not yet trimmed: {s}"));
+            }
+        }
+        Ok(sink)
     }
 
     // ---- Waiting for the cluster ------------------------------------------------------------
