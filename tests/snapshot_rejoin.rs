@@ -34,6 +34,7 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     let opts = ClusterOpts {
         snapshot_threshold: Some(50),
         log_keep_behind_snapshot: Some(0),
+        ..ClusterOpts::default()
     };
     let (mut cluster, leader) = Cluster::start_formed(opts).await;
     let base = now_ms() / 60_000 * 60_000;
