@@ -29,6 +29,7 @@ impl RunningNode {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        refuse_amnesiac_voter(&cfg).await?;
         let node = Node::start(cfg.node.clone())
             .await
             .with_context(|| format!("starting node {}", cfg.node.id))?;
@@ -67,6 +68,45 @@ impl RunningNode {
         }
         self.node.shutdown().await;
     }
+}
+
+/// A node whose data directory is empty but which the running cluster still lists as a
+/// voter has forgotten its log *and its votes*: letting it vote again could elect a node
+/// that lacks acknowledged entries. It must be removed and added back instead.
+async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
+    if cfg.node.data_dir.join("raft").join("log").exists() {
+        return Ok(());
+    }
+    let id = cfg.node.id;
+    // Peers reach a voter at its listed address: only there can this node's lost votes
+    // matter (a node coming back at a new address is re-added there by one request).
+    let own_addr = cfg.node.members.get(&id).unwrap_or(&cfg.listen).clone();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(1))
+        .build()?;
+    for (peer, addr) in cfg.node.members.iter().filter(|(p, _)| **p != id) {
+        let Ok(resp) = http.get(format!("http://{addr}/v1/cluster")).send().await else {
+            continue;
+        };
+        let Ok(status) = resp.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let listed_as_voter = status["members"].as_array().into_iter().flatten().any(|m| {
+            m["id"].as_u64() == Some(id)
+                && m["voter"].as_bool() == Some(true)
+                && m["addr"].as_str() == Some(own_addr.as_str())
+        });
+        if listed_as_voter {
+            anyhow::bail!(
+                "node {id} starts with an empty data_dir, but the cluster (asked node {peer} at {addr}) \
+                 still lists it as a voter: its log and votes are lost, and voting again could elect a \
+                 node that lacks acknowledged writes. Remove it first (`tally cluster remove --node \
+                 http://{addr} --id {id}`), then start it and add it back (`tally cluster add … --id {id}`)."
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `user:password@` removed from a URL before it is logged.

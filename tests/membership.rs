@@ -574,3 +574,22 @@ async fn removing_the_leader_leaves_the_other_data_node_leading() {
     let all: Vec<&Value> = posted.iter().collect();
     assert_aggregates_match(&cluster, other, "minute", &["api_name"], &all).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_refuses_to_rejoin_until_removed() {
+    let (mut cluster, leader) = Cluster::start_formed(snapshotting()).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut posted = Vec::new();
+    post_requests(&cluster, leader, "w", 10, &mut posted).await;
+    cluster.kill(follower);
+    cluster.wipe(follower);
+    let log = cluster.start_expecting_refusal(follower).await;
+    assert!(
+        log.contains("still lists it as a voter") && log.contains("tally cluster remove"),
+        "{log}"
+    );
+    // Nothing changed: the membership still lists it, writes go on.
+    let m = cluster.members(leader).await;
+    assert!(m.iter().any(|m| m.id == follower && m.voter));
+    post_requests(&cluster, leader, "w2", 5, &mut posted).await;
+}

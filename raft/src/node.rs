@@ -649,6 +649,13 @@ fn initial_members(options: &NodeOptions) -> Result<BTreeMap<NodeId, TallyNode>,
             "a cluster needs at least one data node".into(),
         ));
     }
+    if options.members.len() > 1 && options.witnesses.len() >= data {
+        return Err(NodeError::Invalid(format!(
+            "{} witnesses and {data} data nodes: witnesses must be fewer than data nodes, so \
+             that every majority holds a data node (the minimum HA cluster is 2 data + 1 witness)",
+            options.witnesses.len()
+        )));
+    }
     Ok(options
         .members
         .iter()

@@ -83,6 +83,25 @@ impl Cluster {
         addr
     }
 
+    /// Starts stopped node `id` and expects it to refuse to start; returns its log.
+    pub async fn start_expecting_refusal(&mut self, id: u64) -> String {
+        self.spawn(id);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let child = self.nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes.get_mut(&id).unwrap().child = None;
+                assert!(!status.success(), "node {id} exited successfully");
+                return self.log_text(id);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} started although it should have refused"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Empties the data directory of a stopped node (a lost disk).
     pub fn wipe(&mut self, id: u64) {
         assert!(
