@@ -479,6 +479,33 @@ impl Cluster {
         eprintln!("[harness] killed node {id} (SIGKILL)");
     }
 
+    /// Freezes node `id` (SIGSTOP to the child this harness started): it keeps its sockets
+    /// and state but does nothing until [`Cluster::resume`]. Do not query it meanwhile (its
+    /// HTTP answers wait for the resume).
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+        eprintln!("[harness] paused node {id} (SIGSTOP)");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+        eprintln!("[harness] resumed node {id} (SIGCONT)");
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        let child = self
+            .node(id)
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        // SAFETY: a plain syscall on the pid of a child this harness started and has not
+        // reaped (reaping happens only in `kill` and `Drop`), so the pid is still ours.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
     /// Restarts a killed node with the same config and data directory.
     pub async fn restart(&mut self, id: u64) {
         self.spawn(id);

@@ -567,6 +567,25 @@ pub async fn kill_leader(cluster: &mut Cluster, workload: &Workload, down_for: D
     new_leader
 }
 
+/// SIGSTOPs the current leader for `paused_for` while the workload runs: the others elect
+/// a new leader; then it runs again, deposed, and whatever its sink was doing when it froze
+/// (a transaction, a cursor proposal) carries on against a record store another sink may
+/// have moved since. Returns the leader after that, once acknowledgements flow again.
+///
+/// (Writers' requests that reach the frozen node hang until it resumes, so progress is
+/// only awaited afterwards.)
+pub async fn pause_leader(cluster: &Cluster, workload: &Workload, paused_for: Duration) -> u64 {
+    let leader = cluster.wait_leader().await;
+    cluster.pause(leader);
+    tokio::time::sleep(paused_for).await;
+    cluster.resume(leader);
+    let new_leader = cluster.wait_leader().await;
+    let before = workload.acked_batches();
+    workload.wait_acks(before, 3, Duration::from_secs(30)).await;
+    eprintln!("[test] node {leader} was paused for {paused_for:?}; node {new_leader} leads");
+    new_leader
+}
+
 // ---- Exactness ---------------------------------------------------------------------------------
 
 const KEY_COLUMNS: [&str; 6] = [
@@ -760,41 +779,21 @@ pub async fn assert_records_exact(
         wrong[..wrong.len().min(10)].join("\n")
     );
 
-    // 4. usage_* = GROUP BY over events, as a full symmetric difference in SQL.
-    for (granularity, width) in [("minute", 60_000), ("hour", HOUR_MS), ("day", DAY_MS)] {
-        let table = format!("usage_{granularity}");
-        let diff = db
-            .rows(&usage_symmetric_difference_sql(
-                db.is_mysql(),
-                &table,
-                width,
+    // 4. usage_* = GROUP BY over events (a full symmetric difference in SQL), and the
+    //    in-memory aggregates agree.
+    assert_usage_exact(cluster, db).await;
+    for granularity in ["minute", "hour", "day"] {
+        let requests = db
+            .scalar(&format!(
+                "SELECT COALESCE(SUM(requests), 0) FROM usage_{granularity}"
             ))
             .await;
-        assert!(
-            diff.is_empty(),
-            "{table} differs from a GROUP BY over events in {} rows, e.g.:\n{}",
-            diff.len(),
-            diff.iter()
-                .take(20)
-                .map(|r| format!("  {r:?}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        let rows: u64 = db
-            .scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .await
-            .parse()
-            .unwrap();
-        assert!(
-            rows > 0 || ids.is_empty(),
-            "{table} is empty but events has {} rows",
-            ids.len()
-        );
-        let requests = db
-            .scalar(&format!("SELECT COALESCE(SUM(requests), 0) FROM {table}"))
-            .await;
         let want = rows_of_kind(&stored, base_ms, "request");
-        assert_eq!(requests, want.to_string(), "{table}: SUM(requests)");
+        assert_eq!(
+            requests,
+            want.to_string(),
+            "usage_{granularity}: SUM(requests)"
+        );
     }
 
     // 5. The record store's cursor covers every row it holds. (It need not reach the last
@@ -821,7 +820,50 @@ pub async fn assert_records_exact(
          {newest} and the cluster's applied index {applied}"
     );
 
-    // 6. The in-memory aggregates say the same.
+    assert!(DATA_NODES.iter().all(|&id| cluster.is_running(id)));
+    ids.len()
+}
+
+/// Every usage table equals a `GROUP BY` over `events` (a full symmetric difference,
+/// computed by the database); the in-memory hour and day aggregates of every live data node
+/// equal `usage_hour` and `usage_day`; and each node counted as many events as `events`
+/// holds. Call it once the sink has caught up.
+pub async fn assert_usage_exact(cluster: &Cluster, db: &RecordsDb<'_>) {
+    let events: u64 = db
+        .scalar("SELECT COUNT(*) FROM events")
+        .await
+        .parse()
+        .unwrap();
+    for (granularity, width) in [("minute", 60_000), ("hour", HOUR_MS), ("day", DAY_MS)] {
+        let table = format!("usage_{granularity}");
+        let diff = db
+            .rows(&usage_symmetric_difference_sql(
+                db.is_mysql(),
+                &table,
+                width,
+            ))
+            .await;
+        assert!(
+            diff.is_empty(),
+            "{table} differs from a GROUP BY over events in {} rows, e.g.:\n{}",
+            diff.len(),
+            diff.iter()
+                .take(20)
+                .map(|r| format!("  {r:?}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let rows: u64 = db
+            .scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .await
+            .parse()
+            .unwrap();
+        assert!(
+            rows > 0 || events == 0,
+            "{table} is empty but events has {events} rows"
+        );
+    }
+    // The in-memory aggregates say the same.
     for granularity in ["hour", "day"] {
         let table = usage_table(db, granularity).await;
         for id in cluster.live_data_nodes() {
@@ -840,13 +882,83 @@ pub async fn assert_records_exact(
         let s = cluster.status(id).await.unwrap();
         assert_eq!(
             s["state"]["events_applied"].as_u64(),
-            Some(ids.len() as u64),
+            Some(events),
             "node {id}: events counted in memory vs rows in `events`: {}",
             s["state"]
         );
     }
-    assert!(DATA_NODES.iter().all(|&id| cluster.is_running(id)));
-    ids.len()
+}
+
+/// Duplicates with conflicting content: the first occurrence (in log order; inside a batch,
+/// in batch order) is the one counted in memory and the one stored; ids that differ only in
+/// case are different events (the store compares bytewise). Posts through a follower and
+/// the witness, then checks the rows and [`assert_usage_exact`].
+pub async fn assert_first_occurrence_wins(cluster: &Cluster, db: &RecordsDb<'_>) {
+    let leader = cluster.wait_leader().await;
+    let follower = DATA_NODES.into_iter().find(|&id| id != leader).unwrap();
+    let ts = super::now_ms() - 60_000;
+    let event = |id: &str, api: &str, code: u64| {
+        json!({
+            "event_id": id, "timestamp": ts, "api_name": api, "api_version": "v1",
+            "resource": "/r", "method": "GET", "response_code": code, "response_time_ms": 5,
+        })
+    };
+    let first = json!([
+        event("Dup-X", "First", 200),
+        event("Dup-X", "Second", 500),
+        event("Case-ID", "Upper", 200),
+        event("case-id", "Lower", 404),
+        event("Dup-Z", "Zed", 200),
+    ]);
+    let r = cluster.post_json(follower, &first).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["accepted"], json!(5), "{r:?}");
+    assert_eq!(r.body["duplicates"], json!(1), "{r:?}");
+    let second = json!([
+        event("Dup-X", "Third", 503),
+        event("Dup-Z", "Other", 500),
+        event("CASE-ID", "Shout", 200),
+    ]);
+    let r = cluster.post_json(super::WITNESS, &second).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["accepted"], json!(3), "{r:?}");
+    assert_eq!(r.body["duplicates"], json!(2), "{r:?}");
+    let index = r.body["index"].as_u64().unwrap();
+    cluster
+        .wait_sink_caught_up(index, Duration::from_secs(30))
+        .await;
+    cluster.assert_same_state().await;
+
+    let stored: BTreeMap<String, (String, String)> = db
+        .rows(
+            "SELECT event_id, api_name, response_code FROM events \
+             WHERE event_id IN ('Dup-X', 'Dup-Z', 'Case-ID', 'case-id', 'CASE-ID')",
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
+        .collect();
+    let want: BTreeMap<String, (String, String)> = [
+        ("Dup-X", "First", "200"),
+        ("Dup-Z", "Zed", "200"),
+        ("Case-ID", "Upper", "200"),
+        ("case-id", "Lower", "404"),
+        ("CASE-ID", "Shout", "200"),
+    ]
+    .into_iter()
+    .map(|(id, api, code)| (id.to_string(), (api.to_string(), code.to_string())))
+    .collect();
+    assert_eq!(
+        stored, want,
+        "the first occurrence of each id must be stored"
+    );
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM events WHERE event_id = 'case-id'")
+            .await,
+        "1",
+        "event ids must compare case-sensitively"
+    );
+    assert_usage_exact(cluster, db).await;
 }
 
 /// Proves that the checks above can fail: bumps `requests` in the earliest `usage_minute`
