@@ -691,8 +691,9 @@ async fn exercise(
     assert_eq!(via_witness["rows"], direct["rows"]);
 
     // ---- Bad request bodies ------------------------------------------------------------
-    let bad_bodies: [(&[u8], &str); 7] = [
+    let bad_bodies: [(&[u8], &str); 8] = [
         (b"{\"sql\": ", "truncated JSON"),
+        (b"[\"SELECT 1\"]", "an array instead of an object"),
         (b"not json at all", "not JSON"),
         (b"{\"sql\": \"SELECT 1\", \"bogus\": 1}", "bogus"),
         (b"{\"query\": \"SELECT 1\"}", "query"),

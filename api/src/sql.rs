@@ -61,11 +61,17 @@ pub async fn post_sql(State(app): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn handle(app: AppState, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     let bytes = read_body(body, MAX_SQL_BODY).await?;
-    let req: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
+    let shape = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!(
             "body must be {{\"sql\": \"…\", \"consistency\": \"none\"|\"strong\", \"min_index\": N}}: {e}"
         ))
-    })?;
+    };
+    // Only an object: serde would also accept an array of the fields in order.
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| shape(&e))?;
+    if !value.is_object() {
+        return Err(shape(&"a JSON object is required"));
+    }
+    let req: SqlRequest = serde_json::from_value(value).map_err(|e| shape(&e))?;
     let strong = match req.consistency.as_deref() {
         None | Some("none") => false,
         Some("strong") | Some("linearizable") => true,

@@ -72,6 +72,7 @@ pub struct BenchCluster {
 pub struct NodeView {
     pub leader: Option<u64>,
     pub is_leader: bool,
+    pub term: u64,
 }
 
 impl BenchCluster {
@@ -163,6 +164,13 @@ impl BenchCluster {
         &self.nodes[&id].log
     }
 
+    /// The last `n` lines of node `id`'s log (the directory may not outlive an error).
+    pub fn log_tail(&self, id: u64, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[&id].child.is_some()
     }
@@ -188,6 +196,8 @@ impl BenchCluster {
             .arg(&node.config)
             .env("TALLY_LOG", filter)
             .env("NO_COLOR", "1")
+            // An error's message, not a backtrace, ends the log (panics keep RUST_BACKTRACE).
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -252,8 +262,8 @@ impl BenchCluster {
         loop {
             if let Some(status) = self.try_reap(id)? {
                 bail!(
-                    "node {id} exited during startup ({status}); see {}",
-                    self.log_path(id).display()
+                    "node {id} exited during startup ({status}); its log ends:\n{}",
+                    self.log_tail(id, 15)
                 );
             }
             if let Ok(r) = self.get(id, "/healthz").await {
@@ -263,8 +273,8 @@ impl BenchCluster {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "node {id} not healthy within {within:?}; see {}",
-                    self.log_path(id).display()
+                    "node {id} not healthy within {within:?}; its log ends:\n{}",
+                    self.log_tail(id, 15)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -320,16 +330,20 @@ impl BenchCluster {
         Ok(NodeView {
             leader: body["leader_id"].as_u64(),
             is_leader: body["raft_state"] == "Leader",
+            term: body["term"].as_u64().unwrap_or(0),
         })
     }
 
-    /// The leader every running node names, when that is a data node that knows it leads.
-    pub async fn agreed_data_leader(&self) -> Result<u64> {
+    /// The leader every running node names, when that is a data node that knows it leads,
+    /// and the highest term the nodes report.
+    pub async fn agreed_data_leader(&self) -> Result<(u64, u64)> {
         let mut named = Vec::new();
         let mut leading = Vec::new();
+        let mut term = 0;
         for id in NODES.into_iter().filter(|id| self.is_running(*id)) {
             let v = self.view(id).await?;
             named.push(v.leader);
+            term = term.max(v.term);
             if v.is_leader {
                 leading.push(id);
             }
@@ -339,7 +353,7 @@ impl BenchCluster {
                 if *l == WITNESS {
                     bail!("the witness leads");
                 }
-                Ok(*l)
+                Ok((*l, term))
             }
             _ => bail!("no agreed leader yet (named {named:?}, leading {leading:?})"),
         }
@@ -356,8 +370,9 @@ impl BenchCluster {
         Ok(())
     }
 
-    /// Waits (bounded) until all nodes are ready and agree on a data-node leader.
-    pub async fn wait_ready_with_leader(&self, within: Duration) -> Result<u64> {
+    /// Waits (bounded) until all nodes are ready and agree on a data-node leader; returns
+    /// the leader and the term.
+    pub async fn wait_ready_with_leader(&self, within: Duration) -> Result<(u64, u64)> {
         let deadline = Instant::now() + within;
         loop {
             let attempt = async {

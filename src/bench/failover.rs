@@ -48,7 +48,8 @@ pub struct FailoverArgs {
     /// First HTTP port; the nodes use it and the next two (default: free ports).
     #[arg(long)]
     pub base_port: Option<u16>,
-    /// Keep the temporary directory (configs, data, node logs) and print where it is.
+    /// Keep the temporary directory (configs, data, node logs, and a timeline of every
+    /// request and signal: requests.ndjson, signals.ndjson) and print where it is.
     #[arg(long)]
     pub keep_dir: bool,
     /// [raft] heartbeat_ms of every node (default: the product default).
@@ -146,7 +147,7 @@ async fn run_inner(args: FailoverArgs) -> Result<()> {
     }
     eprintln!("[bench] nodes running in {}", cluster.dir().display());
     cluster.init().await?;
-    let leader = cluster.wait_ready_with_leader(READY_LIMIT).await?;
+    let (leader, mut term) = cluster.wait_ready_with_leader(READY_LIMIT).await?;
     eprintln!("[bench] cluster formed; leader is node {leader}");
 
     let load_cfg = LoadConfig {
@@ -156,11 +157,13 @@ async fn run_inner(args: FailoverArgs) -> Result<()> {
         attempt_timeout: Duration::from_millis(args.attempt_timeout_ms.max(1)),
         retry_for: Duration::from_millis(args.retry_for_ms.max(1)),
     };
-    let load = Load::start(load_cfg.clone(), cluster.urls(), Instant::now())?;
+    let epoch = (Instant::now(), SystemTime::now());
+    let load = Load::start(load_cfg.clone(), cluster.urls(), epoch.0)?;
     let mut times: Vec<RoundTimes> = Vec::new();
     let outcome = async {
         for (i, stop) in plan(&args).into_iter().enumerate() {
-            let t = round(&mut cluster, &load, i, stop).await?;
+            let t = round(&mut cluster, &load, i, stop, term).await?;
+            term = t.term_ready;
             if let Some(prev) = times.last_mut() {
                 prev.next_window = t.t0.saturating_sub(WINDOW);
             }
@@ -178,6 +181,10 @@ async fn run_inner(args: FailoverArgs) -> Result<()> {
     let (records, drained) = load
         .stop(load_cfg.retry_for + Duration::from_secs(10))
         .await;
+    if args.keep_dir {
+        // For reading next to the node logs: wall-clock times of every request and signal.
+        write_timeline(cluster.dir(), epoch.1, &records, &times)?;
+    }
     outcome?;
     if !drained {
         bail!("writers did not finish within their retry budget");
@@ -234,11 +241,12 @@ async fn run_inner(args: FailoverArgs) -> Result<()> {
 }
 
 /// Waits for a steady state: every node ready, one agreed data-node leader, writes being
-/// acknowledged and (bounded) no failed attempt for a while. Returns the leader.
-async fn wait_steady(cluster: &BenchCluster, load: &Load) -> Result<(u64, bool)> {
+/// acknowledged and (bounded) no failed attempt for a while. Returns the leader, whether
+/// it was quiet, and the term.
+async fn wait_steady(cluster: &BenchCluster, load: &Load) -> Result<(u64, bool, u64)> {
     let started = Instant::now();
     loop {
-        let leader = cluster
+        let (leader, term) = cluster
             .wait_ready_with_leader(READY_LIMIT.saturating_sub(started.elapsed()))
             .await?;
         let acking = load
@@ -247,7 +255,7 @@ async fn wait_steady(cluster: &BenchCluster, load: &Load) -> Result<(u64, bool)>
             && load.now() >= WARMUP;
         let quiet = load.since_last_failure().is_none_or(|d| d >= QUIET);
         if acking && (quiet || started.elapsed() >= QUIET_LIMIT) {
-            return Ok((leader, quiet));
+            return Ok((leader, quiet, term));
         }
         if started.elapsed() >= READY_LIMIT {
             bail!("writes are not being acknowledged although the cluster reports ready");
@@ -261,8 +269,9 @@ async fn round(
     load: &Load,
     index: usize,
     stop: Stop,
+    term_prev: u64,
 ) -> Result<RoundTimes> {
-    let (old, quiet_before) = wait_steady(cluster, load).await?;
+    let (old, quiet_before, term_before) = wait_steady(cluster, load).await?;
     let mut scanned = load.finished();
     cluster.signal(old, stop)?;
     let t0 = load.now();
@@ -271,6 +280,9 @@ async fn round(
         stop,
         old_leader: old,
         quiet_before,
+        term_prev,
+        term_before,
+        term_ready: term_before,
         t0,
         leader_named: None,
         data_leader_named: None,
@@ -349,8 +361,9 @@ async fn round(
     }
     t.restarted = load.now();
     cluster.restart(old).await?;
-    let new_leader = cluster.wait_ready_with_leader(READY_LIMIT).await?;
+    let (new_leader, term_ready) = cluster.wait_ready_with_leader(READY_LIMIT).await?;
     t.ready = Some(load.now());
+    t.term_ready = term_ready;
     eprintln!(
         "[bench] round {:>2} {}: node {old} → {:?}; gap {}; rejoined in {:.2} s (leader now {new_leader})",
         index + 1,
@@ -394,7 +407,7 @@ async fn verify(
         }
     }
 
-    let leader = cluster.wait_ready_with_leader(READY_LIMIT).await?;
+    let (leader, _) = cluster.wait_ready_with_leader(READY_LIMIT).await?;
     let count = sql_retry(
         cluster,
         leader,
@@ -568,6 +581,60 @@ async fn sql_retry(cluster: &BenchCluster, node: u64, body: Value) -> Result<Val
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Writes `requests.ndjson` (one line per request) and `signals.ndjson` (one line per
+/// round) into `dir`, with UTC wall-clock times in ms, to be read next to the node logs.
+fn write_timeline(
+    dir: &std::path::Path,
+    epoch: SystemTime,
+    records: &[RequestRecord],
+    times: &[RoundTimes],
+) -> Result<()> {
+    use std::io::Write as _;
+    let wall = |d: Duration| {
+        (epoch + d)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_millis() as u64)
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("requests.ndjson"))?);
+    for r in records {
+        let outcome = match &r.outcome {
+            Outcome::Acked(index) => json!({"acked": index}),
+            Outcome::FailedForGood => json!("failed_for_good"),
+            Outcome::Rejected(status, m) => json!({"rejected": status, "message": m}),
+        };
+        let failures: Vec<Value> = r
+            .failures
+            .iter()
+            .map(|(node, f)| json!([node + 1, f.label()]))
+            .collect();
+        let line = json!({
+            "writer": r.writer,
+            "seq": r.seq,
+            "start_ms": wall(r.start),
+            "end_ms": wall(r.end),
+            "attempts": r.attempts,
+            "outcome": outcome,
+            "failures": failures,
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("signals.ndjson"))?);
+    for t in times {
+        let line = json!({
+            "round": t.index + 1,
+            "signal": t.stop.name(),
+            "node": t.old_leader,
+            "signal_ms": wall(t.t0),
+            "restart_ms": wall(t.restarted),
+            "ready_ms": t.ready.map(wall),
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// `YYYY-MM-DD HH:MM UTC`, without a date library.

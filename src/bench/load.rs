@@ -383,14 +383,17 @@ fn classify(e: &reqwest::Error) -> Failure {
     }
 }
 
-/// How many failed attempts of each kind `records` hold.
+/// How many failed attempts of each kind `records` hold, by the node that was tried
+/// ("503 no_leader @n2": node 2 answered 503 `no_leader`).
 pub fn failure_histogram<'a>(
     records: impl IntoIterator<Item = &'a RequestRecord>,
 ) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for r in records {
-        for (_, f) in &r.failures {
-            *out.entry(f.label()).or_insert(0) += 1;
+        for (node, f) in &r.failures {
+            // Node ids are 1, 2, 3 in the order of the URLs the load was given.
+            *out.entry(format!("{} @n{}", f.label(), node + 1))
+                .or_insert(0) += 1;
         }
     }
     out

@@ -24,6 +24,11 @@ pub struct RoundTimes {
     pub old_leader: u64,
     /// Whether no attempt had failed for a while before the signal.
     pub quiet_before: bool,
+    /// Highest term when the previous round ended (or the load started), at the signal,
+    /// and when this round ended (every node ready again).
+    pub term_prev: u64,
+    pub term_before: u64,
+    pub term_ready: u64,
     pub t0: Duration,
     /// A surviving node first named a leader other than the old one.
     pub leader_named: Option<(Duration, u64)>,
@@ -50,6 +55,12 @@ pub struct RoundReport {
     pub new_leader: Option<u64>,
     pub witness_led: bool,
     pub quiet_before: bool,
+    /// Terms used from the signal until every node was ready again (one per election
+    /// attempt, refused ones included).
+    pub terms_used: u64,
+    /// Terms that began between the previous round and this signal: elections nobody
+    /// caused (spurious timeouts), which should be 0.
+    pub unprovoked_terms: u64,
     /// Signal → first acknowledgement of a request that started after the signal.
     pub gap_ms: Option<f64>,
     /// Signal → first acknowledgement of any request.
@@ -125,8 +136,9 @@ pub struct Window {
     pub latency_p99_ms: Option<f64>,
 }
 
+/// Whole milliseconds (finer would be noise next to the bench's 10 ms request spacing).
 pub fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
+    (d.as_secs_f64() * 1000.0).round()
 }
 
 fn window(records: &[RequestRecord], from: Duration, to: Duration, batch: u32) -> Window {
@@ -190,6 +202,8 @@ pub fn round_report(t: &RoundTimes, records: &[RequestRecord], batch: u32) -> Ro
         new_leader: t.data_leader_named.map(|(_, l)| l),
         witness_led: t.witness_led,
         quiet_before: t.quiet_before,
+        terms_used: t.term_ready.saturating_sub(t.term_before),
+        unprovoked_terms: t.term_before.saturating_sub(t.term_prev),
         gap_ms: gap.map(since_t0),
         first_ack_ms: first_ack.map(since_t0),
         leader_named_ms: t.leader_named.map(|(d, _)| since_t0(d)),
@@ -247,6 +261,9 @@ pub struct SignalSummary {
     pub exit_ms: Spread,
     pub rejoin_ms: Spread,
     pub rounds_witness_led: usize,
+    /// Terms used per failover: median and max.
+    pub terms_used: Spread,
+    pub unprovoked_terms: u64,
     pub requests: RequestCounts,
     pub rejoin_requests: RequestCounts,
     pub failures: BTreeMap<String, u64>,
@@ -300,6 +317,8 @@ pub fn summarize(stop: Stop, rounds: &[RoundReport]) -> Option<SignalSummary> {
         exit_ms: spread(mine.iter().map(|r| r.exit_ms)),
         rejoin_ms: spread(mine.iter().map(|r| r.rejoin_ms)),
         rounds_witness_led: mine.iter().filter(|r| r.witness_led).count(),
+        terms_used: spread(mine.iter().map(|r| Some(r.terms_used as f64))),
+        unprovoked_terms: mine.iter().map(|r| r.unprovoked_terms).sum(),
         requests,
         rejoin_requests,
         failures,
@@ -391,15 +410,13 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "{} · {} build · {} cores · heartbeat {} ms, election {}–{} ms (witness {}–{} ms){}",
+            "{} · {} build · {} cores · [raft] heartbeat {} ms, election {}–{} ms{}",
             r.date_utc,
             r.build_profile,
             r.cores,
             r.heartbeat_ms,
             r.election_min_ms,
             r.election_max_ms,
-            2 * r.election_min_ms,
-            2 * r.election_max_ms,
             if r.timings_are_defaults {
                 " = product defaults"
             } else {
@@ -408,14 +425,14 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "\n{:>3} {:<7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>4} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>6}",
-            "#", "signal", "leader", "gap_ms", "ack_ms", "elect", "data_l", "wit", "exit", "rejoin",
+            "\n{:>3} {:<7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>4} {:>5} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>6}",
+            "#", "signal", "leader", "gap_ms", "ack_ms", "elect", "data_l", "wit", "terms", "exit", "rejoin",
             "reqs", "retry", "refusd", "failed", "ev/s→"
         );
         for x in &self.rounds {
             let _ = writeln!(
                 o,
-                "{:>3} {:<7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>4} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>6}",
+                "{:>3} {:<7} {:>6} {:>7} {:>7} {:>7} {:>7} {:>4} {:>5} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>6}",
                 x.round,
                 x.signal,
                 format!(
@@ -428,6 +445,7 @@ impl Report {
                 opt(x.leader_named_ms),
                 opt(x.data_leader_named_ms),
                 if x.witness_led { "yes" } else { "" },
+                x.terms_used,
                 format!("{}{}", opt(x.exit_ms), if x.exit_forced { "!" } else { "" }),
                 opt(x.rejoin_ms),
                 x.requests.total,
@@ -441,7 +459,8 @@ impl Report {
             o,
             "\n(gap: signal → first ack of a request started after it; ack: → first ack of any \
              request; elect/data_l: → a survivor names a new leader / a new data-node leader; \
-             wit: the witness led; exit: → process gone (! = had to be SIGKILLed); rejoin: \
+             wit: the witness led; terms: terms begun until all ready (one per election \
+             attempt); exit: → process gone (! = had to be SIGKILLed); rejoin: \
              restart → all ready; reqs/retry/refusd/failed: requests started from 3 s before \
              the signal to the restart / retried / retried only after refused connections / \
              never acknowledged; ev/s: acknowledged events/s before → after)"
@@ -477,6 +496,13 @@ impl Report {
                 secs(s.data_leader_named_ms.median),
                 s.rounds_witness_led,
                 s.rounds
+            );
+            let _ = writeln!(
+                o,
+                "  terms per round  median {} max {} (one per election attempt); unprovoked elections between rounds: {}",
+                opt(s.terms_used.median),
+                opt(s.terms_used.max),
+                s.unprovoked_terms
             );
             if s.signal == Stop::Term.name() {
                 let _ = writeln!(
@@ -567,5 +593,82 @@ impl Report {
             let _ = writeln!(o, "configs, data and node logs kept in {d}");
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(start_ms: u64, end_ms: u64, outcome: Outcome, failures: Vec<Failure>) -> RequestRecord {
+        RequestRecord {
+            writer: 0,
+            seq: start_ms,
+            start: Duration::from_millis(start_ms),
+            end: Duration::from_millis(end_ms),
+            attempts: failures.len() as u32 + 1,
+            outcome,
+            failures: failures.into_iter().map(|f| (0, f)).collect(),
+        }
+    }
+
+    #[test]
+    fn gap_counts_only_requests_started_after_the_signal() {
+        let t = RoundTimes {
+            index: 0,
+            stop: Stop::Kill,
+            old_leader: 1,
+            quiet_before: true,
+            term_prev: 1,
+            term_before: 1,
+            term_ready: 2,
+            t0: Duration::from_millis(10_000),
+            leader_named: None,
+            data_leader_named: Some((Duration::from_millis(10_800), 2)),
+            witness_led: false,
+            exited: Some(Duration::from_millis(10_001)),
+            exit_forced: false,
+            restarted: Duration::from_millis(20_000),
+            ready: Some(Duration::from_millis(20_300)),
+            next_window: Duration::from_millis(25_000),
+        };
+        let refused = || Failure::Refused;
+        let no_leader = || Failure::Status(503, "no_leader".into());
+        let records = vec![
+            rec(8_000, 8_004, Outcome::Acked(1), vec![]),
+            // Started before the signal, answered after it: counts for "first ack (any)".
+            rec(9_990, 10_500, Outcome::Acked(2), vec![no_leader()]),
+            rec(
+                10_100,
+                10_900,
+                Outcome::Acked(3),
+                vec![refused(), no_leader()],
+            ),
+            rec(10_200, 10_850, Outcome::Acked(3), vec![refused()]),
+            rec(10_300, 40_300, Outcome::FailedForGood, vec![no_leader()]),
+            // Rejoin phase.
+            rec(20_100, 20_150, Outcome::Acked(9), vec![no_leader()]),
+        ];
+        let r = round_report(&t, &records, 10);
+        assert_eq!(r.gap_ms, Some(850.0));
+        assert_eq!(r.first_ack_ms, Some(500.0));
+        assert_eq!(r.terms_used, 1);
+        assert_eq!(r.unprovoked_terms, 0);
+        assert_eq!(r.requests.total, 5); // started from t0 - 3 s until the restart
+        assert_eq!(r.requests.retried, 4);
+        assert_eq!(r.requests.retried_refused_only, 1);
+        assert_eq!(r.requests.failed_for_good, 1);
+        assert_eq!(r.rejoin_requests.total, 1);
+        assert_eq!(r.failures["503 no_leader @n1"], 3);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u32> = (1..=20).collect();
+        assert_eq!(percentile(&v, 50.0), Some(10));
+        assert_eq!(percentile(&v, 95.0), Some(19));
+        assert_eq!(percentile(&v, 100.0), Some(20));
+        assert_eq!(percentile::<u32>(&[], 50.0), None);
+        assert_eq!(median(&[1.0, 2.0]), Some(1.5));
     }
 }
