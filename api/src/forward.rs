@@ -1,8 +1,10 @@
 //! Transparent forwarding of a client request to another node (the leader, or a data node
 //! when this node is the witness).
 //!
-//! A forwarded request carries [`FORWARDED_HEADER`]; a node that receives one never forwards
-//! it again, so a stale view of the leader costs one hop and a 503, never a loop.
+//! A forwarded request carries [`FORWARDED_HEADER`] with the chain of nodes that forwarded
+//! it, so forwarding is bounded: reads and cluster operations go at most one hop, ingest at
+//! most two (a write that reached a leader just as it handed over follows it once more). A
+//! stale view of the leader costs a hop or a 503, never a loop.
 
 use std::time::Duration;
 
@@ -45,10 +47,15 @@ impl Forwarder {
         body: Bytes,
     ) -> Response {
         let url = format!("http://{addr}{path_and_query}");
+        // The chain of nodes that forwarded this request, this one last.
+        let chain = match headers.get(FORWARDED_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev},{}", self.self_id),
+            _ => self.self_id.to_string(),
+        };
         let mut req = self
             .http
             .request(method, &url)
-            .header(FORWARDED_HEADER, self.self_id.to_string())
+            .header(FORWARDED_HEADER, chain)
             .body(body);
         if let Some(ct) = headers.get(header::CONTENT_TYPE) {
             req = req.header(header::CONTENT_TYPE, ct);
@@ -92,5 +99,13 @@ impl Forwarder {
 
 /// Whether this request was already forwarded by another node.
 pub fn was_forwarded(headers: &HeaderMap) -> bool {
-    headers.contains_key(FORWARDED_HEADER)
+    forward_hops(headers) > 0
+}
+
+/// How many nodes forwarded this request so far.
+pub fn forward_hops(headers: &HeaderMap) -> usize {
+    headers
+        .get(FORWARDED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or(0, |v| v.split(',').filter(|s| !s.trim().is_empty()).count())
 }

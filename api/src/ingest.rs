@@ -6,12 +6,17 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use analytics::BodyFormat;
 use tally_raft::IngestError;
 
 use crate::error::ApiError;
-use crate::forward::was_forwarded;
+use crate::forward::forward_hops;
+
+/// Forwarding hops an ingest request may take: to the leader a node knows, and once more
+/// if that node has just handed leadership over.
+const MAX_INGEST_HOPS: usize = 2;
 use crate::{read_body, AppState};
 
 pub async fn post_events(
@@ -47,6 +52,12 @@ async fn handle(
     let events = analytics::parse_events(&bytes, format).map_err(invalid)?;
     analytics::check_future_skew(&events, now_ms()).map_err(invalid)?;
 
+    // While an election runs (a leader just died or handed over), hold the request for
+    // up to one election timeout rather than bounce it with a 503 at once.
+    if app.node.leader().is_none() {
+        let patience = Duration::from_millis(app.node.options.timing.election_max_ms);
+        app.node.wait_for_leader(patience).await;
+    }
     match app.node.ingest(events).await {
         Ok(ack) => Ok((
             StatusCode::OK,
@@ -58,7 +69,7 @@ async fn handle(
         )
             .into_response()),
         Err(IngestError::NotLeader { leader: Some((id, node)) }) if id != app.node.id => {
-            if was_forwarded(&headers) {
+            if forward_hops(&headers) >= MAX_INGEST_HOPS {
                 return Err(ApiError::unavailable(
                     "leader_changed",
                     format!("leadership is moving (node {id} is leader now); retry"),

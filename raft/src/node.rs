@@ -250,6 +250,16 @@ impl Node {
         Some((id, node))
     }
 
+    /// Waits up to `timeout` until some leader is known; returns it (or `None`).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, TallyNode)> {
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        self.leader()
+    }
+
     /// Address and role of a member, from the current membership.
     pub fn member(&self, id: NodeId) -> Option<TallyNode> {
         let m = self.raft.metrics();
