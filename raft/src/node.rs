@@ -712,12 +712,13 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
         .map_err(|e| NodeError::Config(e.to_string()))
 }
 
-/// On the witness: campaign only when no leader has been heard of for two full data-node
-/// election timeouts — i.e. the data nodes could not elect one of themselves, typically
-/// because the only live data node lacks entries that the witness holds. The witness then
-/// leads as caretaker (`hand_leadership_to_data_node`).
+/// On the witness: campaign only when no leader has been heard of for one and a half data
+/// election timeouts — time enough for the surviving data node's first election — i.e. the
+/// data nodes could not elect one of themselves, typically because the only live data node
+/// lacks entries that the witness holds. The witness then leads as caretaker
+/// (`hand_leadership_to_data_node`).
 async fn witness_campaign(raft: Raft, timing: RaftTiming) {
-    let quiet_limit = Duration::from_millis(timing.election_max_ms * 2 + timing.heartbeat_ms);
+    let quiet_limit = Duration::from_millis(timing.election_max_ms * 3 / 2 + timing.heartbeat_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(timing.heartbeat_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_leader_heard = std::time::Instant::now();
@@ -734,17 +735,23 @@ async fn witness_campaign(raft: Raft, timing: RaftTiming) {
                 m.current_leader.is_some() && m.vote.is_committed(),
             )
         };
-        // A follower's vote is refreshed by every heartbeat of the leader it follows.
-        let Ok(since_vote) = raft
-            .with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
-            .await
-        else {
-            return;
-        };
-        let heard_recently = since_vote.is_some_and(|d| d < quiet_limit / 2);
-        if leading || (following && heard_recently) {
-            last_leader_heard = std::time::Instant::now();
+        let now = std::time::Instant::now();
+        if leading {
+            last_leader_heard = now;
             continue;
+        }
+        if following {
+            // A follower's vote is refreshed by every heartbeat of the leader it follows:
+            // its age is the time since the leader was last heard.
+            let Ok(since_vote) = raft
+                .with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
+                .await
+            else {
+                return;
+            };
+            if let Some(heard) = since_vote.and_then(|age| now.checked_sub(age)) {
+                last_leader_heard = last_leader_heard.max(heard);
+            }
         }
         if last_leader_heard.elapsed() > quiet_limit {
             tracing::info!("no leader for {quiet_limit:?}: the witness campaigns as caretaker");
