@@ -87,6 +87,19 @@ pub struct IngestStats {
 pub struct IngestQueue {
     tx: mpsc::Sender<Job>,
     stats: Arc<IngestStats>,
+    /// Events submitted and not yet answered (queued, proposed or being applied): with the
+    /// state's sink queue, what the record store may still have to take.
+    outstanding: Arc<AtomicU64>,
+}
+
+/// Gives back a request's share of [`IngestQueue::outstanding_events`] however the request
+/// ends (answered, refused, or its handler dropped).
+struct Outstanding(Arc<AtomicU64>, u64);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
 }
 
 impl IngestQueue {
@@ -95,7 +108,16 @@ impl IngestQueue {
         let (tx, rx) = mpsc::channel(config.queue_requests.max(1));
         let stats = Arc::new(IngestStats::default());
         tokio::spawn(run(raft, config, rx, stats.clone()));
-        IngestQueue { tx, stats }
+        IngestQueue {
+            tx,
+            stats,
+            outstanding: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Events submitted and not yet answered.
+    pub fn outstanding_events(&self) -> u64 {
+        self.outstanding.load(Ordering::Acquire)
     }
 
     pub fn stats(&self) -> &IngestStats {
@@ -103,7 +125,25 @@ impl IngestQueue {
     }
 
     /// Queues one client request and waits until it is committed and applied.
-    pub async fn submit(&self, events: Vec<Event>) -> Result<IngestAck, IngestError> {
+    ///
+    /// `backlog` bounds what the record store may still have to take: `pending` events
+    /// already wait in the replicated sink queue, and this request is refused
+    /// ([`IngestError::SinkBacklog`]) unless `pending` + every outstanding request + this one
+    /// fit under `limit`. The check and the reservation are one atomic step, so concurrent
+    /// requests cannot overshoot it together.
+    pub async fn submit(
+        &self,
+        events: Vec<Event>,
+        backlog: Option<(usize, usize)>,
+    ) -> Result<IngestAck, IngestError> {
+        let n = events.len() as u64;
+        let before = self.outstanding.fetch_add(n, Ordering::AcqRel);
+        let _reservation = Outstanding(self.outstanding.clone(), n);
+        if let Some((pending, limit)) = backlog {
+            if pending as u64 + before + n > limit as u64 {
+                return Err(IngestError::SinkBacklog { pending });
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job { events, reply })

@@ -303,13 +303,11 @@ impl Node {
         if self.role == Role::Witness {
             return Err(IngestError::WitnessLeader);
         }
-        if self.has_record_store() {
+        let backlog = self.has_record_store().then(|| {
             let pending = self.state.read().state.sink_status().pending_events;
-            if pending >= self.options.sink.max_backlog_events {
-                return Err(IngestError::SinkBacklog { pending });
-            }
-        }
-        self.ingest.submit(events).await
+            (pending, self.options.sink.max_backlog_events)
+        });
+        self.ingest.submit(events, backlog).await
     }
 
     /// Confirms leadership with a quorum and waits until everything committed before this

@@ -56,6 +56,8 @@ pub struct SinkReport {
     pub events_written: u64,
     pub events_already_present: u64,
     pub transactions: u64,
+    #[serde(skip)]
+    dropped_reported: u64,
 }
 
 /// Shared view of the sink task, for the API.
@@ -149,11 +151,33 @@ async fn step(
 ) -> Result<Progress, RecordError> {
     let cursor = store.cursor().await?;
     monitor.update(|r| r.store_cursor = Some(cursor));
-    let (pending, upto, replicated) = {
+    let (pending, upto, status) = {
         let applied = state.read();
         let (pending, upto) = applied.state.sink_pending(cursor, config.batch_events);
-        (pending, upto, applied.state.sink_status().cursor)
+        (pending, upto, applied.state.sink_status())
     };
+    let replicated = status.cursor;
+    if cursor < replicated {
+        // The store is behind what the cluster knows it wrote: it is another database (data
+        // nodes pointed at different stores) or one restored from an older backup. The
+        // events in between are no longer queued; writing on would hide the gap.
+        return Err(RecordError::InvalidBatch(format!(
+            "the record store's cursor is {cursor} but the cluster already wrote up to {replicated}: \
+             every data node must use the same record store, and a restored backup lacks the \
+             events in between; the sink stops rather than hide the gap"
+        )));
+    }
+    if status.dropped_events > 0 {
+        monitor.update(|r| {
+            if r.dropped_reported < status.dropped_events {
+                tracing::error!(
+                    dropped = status.dropped_events,
+                    "events were dropped from the sink queue at its cap and never reach the record store"
+                );
+                r.dropped_reported = status.dropped_events;
+            }
+        });
+    }
     if pending.is_empty() {
         // The store may be ahead of the replicated cursor (a leader died after its
         // transaction, before its proposal): publish it so every node trims its queue.

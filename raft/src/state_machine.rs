@@ -7,9 +7,10 @@
 //!
 //! Snapshots are the analytics crate's versioned encoding, written as checksummed files by
 //! [`tally_storage::SnapshotFiles`] *before* openraft is told they exist (openraft purges the
-//! log behind a snapshot, so the file must be durable first). A witness never builds a
-//! snapshot and never offers one: it has no analytic state to ship, and shipping an empty one
-//! would silently erase a data node's counts.
+//! log behind a snapshot, so the file must be durable first). A witness's snapshots hold only
+//! its position and the snapshot floor, never analytic state: the network refuses to send
+//! them and a data node refuses to install them, since an empty state would silently erase
+//! a data node's counts.
 
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
