@@ -14,6 +14,9 @@ pub struct NodeArg {
     /// Base URL of any cluster member.
     #[arg(long, env = "TALLY_NODE", default_value = "http://127.0.0.1:7101")]
     pub node: String,
+    /// The cluster secret: cluster operations (init, add, remove, leader) need it.
+    #[arg(long, env = "TALLY_CLUSTER_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +102,22 @@ fn http() -> Result<reqwest::Client> {
         .build()?)
 }
 
+/// A client that sends the cluster secret with every request (cluster operations need it).
+fn http_with_secret(secret: Option<&str>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secret) = secret {
+        let mut value = reqwest::header::HeaderValue::from_str(secret)
+            .context("the cluster secret must be printable ASCII")?;
+        value.set_sensitive(true);
+        headers.insert("x-tally-secret", value);
+    }
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()?)
+}
+
 fn base(url: &str) -> String {
     let url = url.trim_end_matches('/');
     if url.contains("://") {
@@ -109,7 +128,14 @@ fn base(url: &str) -> String {
 }
 
 pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
-    let client = http()?;
+    let node = match &cmd {
+        ClusterCommand::Init(node)
+        | ClusterCommand::Status { node, .. }
+        | ClusterCommand::Remove { node, .. }
+        | ClusterCommand::Leader { node, .. } => node,
+        ClusterCommand::Add(args) => &args.node,
+    };
+    let client = http_with_secret(node.secret.as_deref())?;
     match cmd {
         ClusterCommand::Init(node) => {
             let url = format!("{}/v1/cluster/init", base(&node.node));

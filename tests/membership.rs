@@ -593,3 +593,45 @@ async fn a_wiped_voter_refuses_to_rejoin_until_removed() {
     assert!(m.iter().any(|m| m.id == follower && m.voter));
     post_requests(&cluster, leader, "w2", 5, &mut posted).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_operations_need_the_cluster_secret() {
+    let (cluster, leader) = Cluster::start_formed(snapshotting()).await;
+    let before = cluster.members(leader).await;
+    let attempts: [(reqwest::Method, &str, &str); 4] = [
+        (reqwest::Method::POST, "/v1/cluster/init", ""),
+        (
+            reqwest::Method::POST,
+            "/v1/cluster/members",
+            r#"{"id": 9, "addr": "127.0.0.1:1", "role": "data", "voter": false}"#,
+        ),
+        (reqwest::Method::DELETE, "/v1/cluster/members/2", ""),
+        (reqwest::Method::POST, "/v1/cluster/leader", "{}"),
+    ];
+    for (method, path, body) in attempts {
+        for secret in [None, Some("wrong")] {
+            let mut req = cluster
+                .http
+                .request(method.clone(), format!("{}{path}", cluster.url(leader)))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(s) = secret {
+                req = req.header("x-tally-secret", s);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 401, "{method} {path} with {secret:?}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "unauthorized", "{v}");
+        }
+    }
+    assert_eq!(cluster.members(leader).await, before, "membership changed");
+    // With the secret (as a bearer token) an operation goes through.
+    let r = cluster
+        .http
+        .post(format!("{}/v1/cluster/init", cluster.url(leader)))
+        .header("authorization", format!("Bearer {}", common::SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -57,8 +57,16 @@ impl Forwarder {
             .request(method, &url)
             .header(FORWARDED_HEADER, chain)
             .body(body);
-        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            req = req.header(header::CONTENT_TYPE, ct);
+        // Content type, and the credentials of a cluster operation (forwarded only to
+        // members, which know the secret anyway).
+        for name in [
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static(tally_raft::rpc::SECRET_HEADER),
+        ] {
+            if let Some(value) = headers.get(&name) {
+                req = req.header(name, value);
+            }
         }
         let resp = match req.send().await {
             Ok(r) => r,

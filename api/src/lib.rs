@@ -75,16 +75,24 @@ impl AppState {
 
 /// The complete router of a node.
 pub fn router(state: AppState) -> Router {
+    // Operations that change the cluster need the cluster secret, like Raft RPC: anyone who
+    // could add a member could have the leader stream every event (and the secret) to it.
+    let admin = Router::new()
+        .route("/v1/cluster/init", post(cluster::post_init))
+        .route("/v1/cluster/members", post(members::post_member))
+        .route("/v1/cluster/members/{id}", delete(members::delete_member))
+        .route("/v1/cluster/leader", post(members::post_leader))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_secret,
+        ));
     Router::new()
+        .merge(admin)
         .route("/v1/events", post(ingest::post_events))
         .route("/v1/aggregates", get(reads::get_aggregates))
         .route("/v1/state/digest", get(reads::get_digest))
         .route("/v1/sql", post(sql::post_sql))
         .route("/v1/cluster", get(cluster::get_cluster))
-        .route("/v1/cluster/init", post(cluster::post_init))
-        .route("/v1/cluster/members", post(members::post_member))
-        .route("/v1/cluster/members/{id}", delete(members::delete_member))
-        .route("/v1/cluster/leader", post(members::post_leader))
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
         .route("/metrics", get(cluster::metrics))
@@ -101,6 +109,37 @@ pub fn router(state: AppState) -> Router {
         // with our JSON 413 rather than axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Lets a request through only with the cluster secret, in `x-tally-secret` or as
+/// `Authorization: Bearer <secret>`.
+async fn require_secret(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let given = headers
+        .get(tally_raft::rpc::SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        })
+        .unwrap_or_default();
+    if tally_raft::rpc::secret_matches(&app.secret, given) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "cluster operations need the cluster secret: send it as `x-tally-secret` or \
+             `Authorization: Bearer …` (the CLI reads --secret or TALLY_CLUSTER_SECRET)",
+        )
+        .into_response()
+    }
 }
 
 /// Reads a whole request body, refusing more than `limit` bytes with 413.

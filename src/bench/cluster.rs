@@ -65,6 +65,8 @@ pub struct BenchCluster {
     node_log_filter: String,
     /// Control traffic (status, readiness, SQL), separate from the load's connections.
     http: reqwest::Client,
+    /// The cluster secret, needed by cluster operations such as init.
+    secret: String,
 }
 
 /// A node's `/v1/cluster`, reduced to what the bench looks at.
@@ -131,6 +133,7 @@ impl BenchCluster {
             nodes,
             node_log_filter: node_log_filter.to_string(),
             http,
+            secret,
         };
         for id in NODES {
             cluster.spawn(id)?;
@@ -309,7 +312,20 @@ impl BenchCluster {
     pub async fn init(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let last = match self.post(1, "/v1/cluster/init", &Value::Null).await {
+            let init = self
+                .http
+                .post(format!("{}/v1/cluster/init", self.url(1)))
+                .header("x-tally-secret", &self.secret)
+                .send()
+                .await;
+            let answer = match init {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+                }
+                Err(e) => Err(e),
+            };
+            let last = match answer {
                 Ok((200, _)) => return Ok(()),
                 Ok((s, b)) => format!("{s}: {b}"),
                 Err(e) => e.to_string(),

@@ -187,7 +187,11 @@ impl Cluster {
     pub async fn remove_member(&self, via: u64, member: &str) -> Resp {
         let url = format!("{}/v1/cluster/members/{member}", self.api.url(via));
         self.api
-            .send(self.http.delete(url))
+            .send(
+                self.http
+                    .delete(url)
+                    .header("x-tally-secret", super::SECRET),
+            )
             .await
             .unwrap_or_else(|e| panic!("DELETE member {member} on node {via}: {e}"))
     }
@@ -248,6 +252,7 @@ impl Cluster {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(args)
             .env_remove("TALLY_NODE")
+            .env("TALLY_CLUSTER_SECRET", super::SECRET)
             .env("NO_COLOR", "1")
             .kill_on_drop(true)
             .output()

@@ -131,6 +131,10 @@ impl Api {
         if let Some(ct) = content_type {
             req = req.header(reqwest::header::CONTENT_TYPE, ct);
         }
+        if path.starts_with("/v1/cluster/") {
+            // Cluster operations need the cluster secret.
+            req = req.header("x-tally-secret", SECRET);
+        }
         self.send(req).await
     }
 
