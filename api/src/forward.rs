@@ -112,8 +112,21 @@ pub fn was_forwarded(headers: &HeaderMap) -> bool {
 
 /// How many nodes forwarded this request so far.
 pub fn forward_hops(headers: &HeaderMap) -> usize {
+    forwarded_by(headers).len()
+}
+
+/// The ids of the nodes that forwarded this request, first to last (unparsable entries
+/// count as unknown nodes).
+pub fn forwarded_by(headers: &HeaderMap) -> Vec<Option<u64>> {
     headers
         .get(FORWARDED_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map_or(0, |v| v.split(',').filter(|s| !s.trim().is_empty()).count())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -12,7 +12,7 @@ use analytics::BodyFormat;
 use tally_raft::IngestError;
 
 use crate::error::ApiError;
-use crate::forward::forward_hops;
+use crate::forward::forwarded_by;
 
 /// Forwarding hops an ingest request may take: to the leader a node knows, and once more
 /// if that node has just handed leadership over.
@@ -58,7 +58,7 @@ async fn handle(
         let patience = Duration::from_millis(app.node.options.timing.election_max_ms);
         app.node.wait_for_leader(patience).await;
     }
-    match app.node.ingest(events).await {
+    match app.node.ingest(events, bytes.len()).await {
         Ok(ack) => Ok((
             StatusCode::OK,
             axum::Json(json!({
@@ -69,7 +69,8 @@ async fn handle(
         )
             .into_response()),
         Err(IngestError::NotLeader { leader: Some((id, node)) }) if id != app.node.id => {
-            if forward_hops(&headers) >= MAX_INGEST_HOPS {
+            let chain = forwarded_by(&headers);
+            if chain.len() >= MAX_INGEST_HOPS || chain.contains(&Some(id)) {
                 return Err(ApiError::unavailable(
                     "leader_changed",
                     format!("leadership is moving (node {id} is leader now); retry"),

@@ -1,7 +1,8 @@
 //! Group commit on the leader: many concurrent ingest requests become one Raft entry.
 //!
 //! Requests queue in a bounded channel. A single loop takes whatever is queued (up to
-//! [`BatcherConfig::max_events_per_entry`]), stamps it with the proposer's clock, and proposes
+//! [`BatcherConfig::max_events_per_entry`] events or [`BatcherConfig::max_bytes_per_entry`]
+//! bytes), stamps it with the proposer's clock, and proposes
 //! it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at once, so
 //! while the log is syncing the next group is already forming. A full queue is refused at
 //! once ([`IngestError::Overloaded`]) rather than buffered without bound.
@@ -22,6 +23,9 @@ pub struct BatcherConfig {
     pub queue_requests: usize,
     /// A group stops growing once it holds this many events.
     pub max_events_per_entry: usize,
+    /// A group also stops growing once its requests' bodies add up to this many bytes, so an
+    /// entry (and one append RPC) stays a few MiB however large the events are.
+    pub max_bytes_per_entry: usize,
     /// Entries proposed but not yet applied, at most.
     pub max_inflight: usize,
     /// How long a proposal may take before the request is answered with an unknown outcome.
@@ -33,6 +37,7 @@ impl Default for BatcherConfig {
         BatcherConfig {
             queue_requests: 4096,
             max_events_per_entry: 20_000,
+            max_bytes_per_entry: 4 << 20,
             max_inflight: 4,
             commit_timeout: Duration::from_secs(10),
         }
@@ -70,6 +75,8 @@ pub enum IngestError {
 
 struct Job {
     events: Vec<Event>,
+    /// Size of the request body the events came from.
+    bytes: usize,
     reply: oneshot::Sender<Result<IngestAck, IngestError>>,
 }
 
@@ -134,6 +141,7 @@ impl IngestQueue {
     pub async fn submit(
         &self,
         events: Vec<Event>,
+        bytes: usize,
         backlog: Option<(usize, usize)>,
     ) -> Result<IngestAck, IngestError> {
         let n = events.len() as u64;
@@ -146,7 +154,11 @@ impl IngestQueue {
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Job { events, reply })
+            .try_send(Job {
+                events,
+                bytes,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     self.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
@@ -176,11 +188,13 @@ async fn run(
             return;
         };
         let mut events = first.events.len();
+        let mut bytes = first.bytes;
         let mut jobs = vec![first];
-        while events < config.max_events_per_entry {
+        while events < config.max_events_per_entry && bytes < config.max_bytes_per_entry {
             match rx.try_recv() {
                 Ok(job) => {
                     events += job.events.len();
+                    bytes += job.bytes;
                     jobs.push(job);
                 }
                 Err(_) => break,

@@ -21,6 +21,9 @@ use serde::Serialize;
 use crate::rpc::{self, path};
 use crate::types::{NodeId, Snapshot, SnapshotData, TallyNode, TypeConfig, Vote};
 
+/// Least time an append RPC may take (openraft's own TTL is about a heartbeat interval).
+const MIN_APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Creates one [`PeerClient`] per target node; all share one HTTP connection pool.
 #[derive(Clone)]
 pub struct HttpNetwork {
@@ -136,7 +139,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(path::APPEND, &rpc, option.hard_ttl())
+        // An append carries up to a few MiB and the follower fsyncs before answering: give
+        // it more than a heartbeat interval.
+        let timeout = option.hard_ttl().max(MIN_APPEND_TIMEOUT);
+        self.call(path::APPEND, &rpc, timeout)
             .await
             .map_err(rpc_error)
     }

@@ -294,7 +294,12 @@ impl Node {
     }
 
     /// Commits `events` as one atomic request; only on the leader (others get `NotLeader`).
-    pub async fn ingest(&self, events: Vec<analytics::Event>) -> Result<IngestAck, IngestError> {
+    /// `bytes` is the size of the request body, which bounds the entry's size.
+    pub async fn ingest(
+        &self,
+        events: Vec<analytics::Event>,
+        bytes: usize,
+    ) -> Result<IngestAck, IngestError> {
         if !self.is_leader() {
             return Err(IngestError::NotLeader {
                 leader: self.leader(),
@@ -307,7 +312,7 @@ impl Node {
             let pending = self.state.read().state.sink_status().pending_events;
             (pending, self.options.sink.max_backlog_events)
         });
-        self.ingest.submit(events, backlog).await
+        self.ingest.submit(events, bytes, backlog).await
     }
 
     /// Confirms leadership with a quorum and waits until everything committed before this
