@@ -143,6 +143,11 @@ async fn fetch(
     })
 }
 
+/// MySQL/MariaDB error numbers that say the server is busy or going away, not that the query
+/// is wrong: too many connections (1040), server shutdown (1053), lock wait timeout (1205),
+/// deadlock (1213), read-only server (1290), out of memory (1037, 1038).
+const SERVER_TROUBLE: [u16; 7] = [1037, 1038, 1040, 1053, 1205, 1213, 1290];
+
 fn classify(e: sqlx::Error, limits: &QueryLimits) -> RecordError {
     match &e {
         sqlx::Error::Database(db) => {
@@ -151,6 +156,16 @@ fn classify(e: sqlx::Error, limits: &QueryLimits) -> RecordError {
                 .map(|e| e.number());
             if number.is_some_and(|n| TIMEOUT_ERRORS.contains(&n)) {
                 timeout_error(limits)
+            } else if number.is_some_and(|n| SERVER_TROUBLE.contains(&n))
+                || db
+                    .code()
+                    .is_some_and(|state| state.starts_with("08") || state.starts_with("40"))
+            {
+                // The server's trouble, not the query's: the caller should retry (503).
+                RecordError::Database {
+                    action: "run the query",
+                    source: e,
+                }
             } else {
                 RecordError::Query(db.message().to_string())
             }

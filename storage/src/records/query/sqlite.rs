@@ -136,6 +136,19 @@ fn classify(e: sqlx::Error, limits: &QueryLimits) -> RecordError {
         sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_INTERRUPT) => {
             timeout_error(limits)
         }
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes: the database is
+        // busy, not the query wrong — the caller should retry (503).
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+        {
+            RecordError::Database {
+                action: "run the query",
+                source: e,
+            }
+        }
         sqlx::Error::Database(db) => RecordError::Query(db.message().to_string()),
         _ => RecordError::Database {
             action: "run the query",
