@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use tally_raft::now_ms;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -195,13 +196,6 @@ async fn wait_for_leader(nodes: &[RunningNode]) -> Result<u64> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn sample_event(rng: &mut impl Rng, seq: u64, gateway: usize) -> Value {

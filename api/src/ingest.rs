@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
+use tally_raft::now_ms;
 
 use analytics::BodyFormat;
 use tally_raft::IngestError;
@@ -126,13 +127,6 @@ fn invalid(e: analytics::BatchError) -> ApiError {
         .map(|d| json!({"record": d.record, "field": d.field, "message": d.message}))
         .collect();
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_events", e.message).with_details(details)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {

@@ -7,9 +7,10 @@
 //! while the log is syncing the next group is already forming. A full queue is refused at
 //! once ([`IngestError::Overloaded`]) rather than buffered without bound.
 
+use crate::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use analytics::{Event, IngestBatch};
 use openraft::errors::{ClientWriteError, RaftError};
@@ -212,13 +213,6 @@ async fn run(
             drop(permit);
         });
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {

@@ -26,3 +26,12 @@ pub use batcher::{BatcherConfig, IngestAck, IngestError};
 pub use node::{Node, NodeError, NodeOptions, RaftTiming};
 pub use sink::{SinkConfig, SinkReport};
 pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};
+
+/// The wall clock in epoch milliseconds, as the proposer stamps entries and the API checks
+/// event times. Never called inside `apply`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

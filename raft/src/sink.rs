@@ -15,8 +15,9 @@
 //! queue passes the configured backlog bound, and the sink retries with back-off and catches
 //! up on its own.
 
+use crate::now_ms;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
@@ -90,13 +91,6 @@ impl SinkMonitor {
             r.last_error_ms = Some(now_ms());
         });
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs the sink of a data node until Raft shuts down.
