@@ -177,8 +177,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     println!("\nstopping the demo cluster…");
     traffic.abort();
     report.abort();
+    // The whole cluster stops: no point handing leadership from one stopping node to the next.
     for node in nodes {
-        node.stop().await;
+        node.close().await;
     }
     Ok(())
 }

@@ -59,6 +59,11 @@ impl RunningNode {
         // While the server still runs: requests arriving during the hand-over are
         // forwarded to the new leader instead of failing.
         self.node.step_down(std::time::Duration::from_secs(3)).await;
+        self.close().await;
+    }
+
+    /// Stops without handing leadership over: for stopping a whole cluster at once.
+    pub async fn close(self) {
         let _ = self.stop.send(true);
         match tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await {
             Ok(Ok(Ok(()))) => {}

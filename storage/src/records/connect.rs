@@ -160,13 +160,25 @@ async fn open_sqlite(rest: &str, shown: &str) -> Result<Backend, RecordError> {
         .connect_with(options)
         .await
         .map_err(connect_error)?;
-    SQLITE_MIGRATIONS
-        .run(&pool)
-        .await
-        .map_err(|source| RecordError::Migrate {
-            url: shown.to_string(),
-            source,
-        })?;
+    // Two nodes sharing one SQLite file (a single-host setup, the demo) may migrate at the
+    // same moment; SQLite has no migration lock, so the loser sees "table already exists".
+    // The winner's run is recorded in `_sqlx_migrations`: trying again finds it applied.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match SQLITE_MIGRATIONS.run(&pool).await {
+            Ok(()) => break,
+            Err(_) if attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            Err(source) => {
+                return Err(RecordError::Migrate {
+                    url: shown.to_string(),
+                    source,
+                })
+            }
+        }
+    }
 
     // Read connections: opened read-only by SQLite itself, and `query_only` on top. In WAL
     // mode readers never block the writer, so a runaway query cannot stall the sink.
