@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub id: Option<u64>,
     pub role: Option<String>,
     pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub source_ip: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub record_store: Option<String>,
     #[serde(default)]
@@ -88,6 +90,14 @@ pub struct ServeArgs {
     /// HTTP listen address (public API and /raft RPC), host:port.
     #[arg(long, env = "TALLY_LISTEN")]
     pub listen: Option<String>,
+    /// Address peers reach this node at (its cluster.members entry) when that is not the
+    /// listen address, e.g. behind a TCP proxy or NAT. Default: the listen address.
+    #[arg(long, env = "TALLY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Local IP that connections to peers (Raft RPC, forwarded requests) are made from.
+    /// Default: chosen by the operating system.
+    #[arg(long, env = "TALLY_SOURCE_IP")]
+    pub source_ip: Option<String>,
     /// Directory for the Raft log and snapshots.
     #[arg(long, env = "TALLY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -194,11 +204,30 @@ impl ServeArgs {
             .or(file.listen)
             .or_else(|| members.get(&id).cloned())
             .context("listen address missing: set `listen`, --listen or TALLY_LISTEN")?;
+        let advertise = self.advertise.or(file.advertise);
         if let Some(addr) = members.get(&id) {
-            if addr != &listen && !listen.starts_with("0.0.0.0:") && !listen.starts_with("[::]:") {
-                bail!("listen = {listen:?} but cluster.members gives this node ({id}) the address {addr:?}; peers use the members address");
+            match &advertise {
+                Some(adv) if adv != addr => bail!(
+                    "advertise = {adv:?} but cluster.members gives this node ({id}) the address {addr:?}; they must be equal"
+                ),
+                Some(_) => {}
+                None if addr != &listen
+                    && !listen.starts_with("0.0.0.0:")
+                    && !listen.starts_with("[::]:") =>
+                {
+                    bail!("listen = {listen:?} but cluster.members gives this node ({id}) the address {addr:?}; peers use the members address (set `advertise` if they reach this node through a proxy)")
+                }
+                None => {}
             }
         }
+        let source_ip = match self.source_ip.or(file.source_ip) {
+            None => None,
+            Some(ip) => Some(
+                ip.trim()
+                    .parse::<std::net::IpAddr>()
+                    .with_context(|| format!("source_ip {ip:?} is not an IP address"))?,
+            ),
+        };
         if witnesses.contains(&id) != (role == Role::Witness) && !members.is_empty() {
             bail!(
                 "node {id} has role {:?} but cluster.witnesses {} it",
@@ -304,6 +333,7 @@ impl ServeArgs {
                 batcher,
                 record_store,
                 sink,
+                source_ip,
                 witness_max_log_entries: self
                     .witness_max_log_entries
                     .or(file.raft.witness_max_log_entries)

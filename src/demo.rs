@@ -110,6 +110,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 batcher: BatcherConfig::default(),
                 record_store: Some(records.clone()),
                 sink: SinkConfig::default(),
+                source_ip: None,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
             },
         };

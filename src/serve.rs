@@ -147,11 +147,34 @@ pub async fn shutdown_signal() {
 
 /// `tally serve`.
 pub async fn serve(cfg: NodeConfig) -> Result<()> {
+    activate_plants()?;
     let running = RunningNode::start(cfg).await?;
     shutdown_signal().await;
     tracing::info!("stopping");
     running.stop().await;
     Ok(())
+}
+
+/// `TALLY_PLANT`: planted bugs for the chaos suite (docs/chaos.md). Only a build with the
+/// `chaos` feature has them; any other build refuses to start rather than ignore the request.
+fn activate_plants() -> Result<()> {
+    let list = std::env::var("TALLY_PLANT").unwrap_or_default();
+    if list.trim().is_empty() {
+        return Ok(());
+    }
+    #[cfg(feature = "chaos")]
+    {
+        let names = tally_raft::plant::activate(&list).map_err(anyhow::Error::msg)?;
+        tracing::warn!(plants = ?names, "PLANTED BUGS ACTIVE: this node is deliberately broken for the chaos suite");
+        Ok(())
+    }
+    #[cfg(not(feature = "chaos"))]
+    {
+        anyhow::bail!(
+            "TALLY_PLANT={list:?} is set, but this tally was built without the `chaos` feature \
+             (build with `cargo build --release --features chaos`)"
+        )
+    }
 }
 
 #[cfg(test)]

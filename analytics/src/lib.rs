@@ -43,6 +43,8 @@ mod aggregate;
 mod dedup;
 mod error;
 mod event;
+#[cfg(feature = "chaos")]
+pub mod plant;
 mod raw;
 mod sink;
 mod snapshot;

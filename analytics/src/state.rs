@@ -127,7 +127,7 @@ impl State {
                 duplicates: 0,
             };
             for event in request {
-                if !state.dedup.insert(&event.event_id, now) {
+                if !state.dedup.insert(&event.event_id, now) && !planted_skip_dedup() {
                     outcome.duplicates = outcome.duplicates.saturating_add(1);
                     continue;
                 }
@@ -215,3 +215,16 @@ impl std::io::Write for HashWriter {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether the chaos build's `skip-dedup` bug is switched on (always false otherwise).
+#[inline]
+fn planted_skip_dedup() -> bool {
+    #[cfg(feature = "chaos")]
+    {
+        crate::plant::skip_dedup()
+    }
+    #[cfg(not(feature = "chaos"))]
+    {
+        false
+    }
+}

@@ -24,9 +24,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(self_id: u64) -> Result<Self, reqwest::Error> {
+    /// `source_ip`: the local address connections are made from (`None`: the OS picks).
+    pub fn new(self_id: u64, source_ip: Option<std::net::IpAddr>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .no_proxy()
+            .local_address(source_ip)
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(30))
             .build()?;

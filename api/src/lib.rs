@@ -65,7 +65,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(node: Arc<Node>, limits: Limits) -> Result<Self, reqwest::Error> {
         Ok(AppState {
-            forwarder: Forwarder::new(node.id)?,
+            forwarder: Forwarder::new(node.id, node.options.source_ip)?,
             secret: node.options.secret.clone().into(),
             node,
             limits,

@@ -222,6 +222,17 @@ async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
         requests.push(job.events);
         replies.push(job.reply);
     }
+    #[cfg(feature = "chaos")]
+    if crate::plant::ack_before_commit() {
+        // The planted bug: acknowledge now, commit (or not) later.
+        for (reply, events) in replies.drain(..).zip(&requests) {
+            let _ = reply.send(Ok(IngestAck {
+                accepted: events.len() as u32,
+                duplicates: 0,
+                index: 0,
+            }));
+        }
+    }
     // The ingest time is stamped here, by the proposer, so that every replica applies the
     // same bytes: apply itself never reads a clock.
     let entry = Request::Ingest(IngestBatch {

@@ -17,6 +17,8 @@ pub mod batcher;
 pub mod membership;
 pub mod network;
 pub mod node;
+#[cfg(feature = "chaos")]
+pub mod plant;
 pub mod rpc;
 pub mod sink;
 pub mod state_machine;

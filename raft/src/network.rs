@@ -32,9 +32,14 @@ pub struct HttpNetwork {
 }
 
 impl HttpNetwork {
-    pub fn new(secret: impl Into<String>) -> Result<Self, reqwest::Error> {
+    /// `source_ip`: the local address connections are made from (`None`: the OS picks).
+    pub fn new(
+        secret: impl Into<String>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .no_proxy()
+            .local_address(source_ip)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;

@@ -42,6 +42,8 @@ pub struct NodeOptions {
     /// Record store URL (`mysql://…`, `sqlite://…`); a data node without one runs no sink.
     pub record_store: Option<String>,
     pub sink: SinkConfig,
+    /// Local IP that outbound connections to peers are made from (`None`: the OS picks).
+    pub source_ip: Option<std::net::IpAddr>,
     /// A witness keeps at most this many log entries beyond the snapshot floor; past it, it
     /// purges anyway (a data node down that long must then be rebuilt from the other data
     /// node's snapshot).
@@ -116,7 +118,7 @@ impl Node {
         check_no_gap(&log, &state).await?;
 
         let config = raft_config(&options)?;
-        let network = HttpNetwork::new(options.secret.clone())
+        let network = HttpNetwork::new(options.secret.clone(), options.source_ip)
             .map_err(|e| NodeError::Config(format!("http client: {e}")))?;
         let raft = Raft::new(options.id, Arc::new(config), network, log.clone(), sm)
             .await
