@@ -151,8 +151,8 @@ struct Inner {
 
 impl Recorder {
     pub fn create(path: &Path, start: Instant) -> anyhow::Result<Recorder> {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Recorder {
             inner: Arc::new(Mutex::new(Inner {
                 ops: Vec::new(),
@@ -176,6 +176,25 @@ impl Recorder {
         }
         inner.ops.push(op.clone());
         op
+    }
+
+    /// Progress figures so far: events acknowledged, writes with unknown outcome, faults.
+    pub fn tally(&self) -> (u64, u64, u64) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = (0, 0, 0);
+        for op in &inner.ops {
+            match (op.f, op.kind) {
+                (F::Write, OpType::Ok) => {
+                    t.0 += op
+                        .batch
+                        .map_or(0, |b| u64::from(b.count) * u64::from(!b.replay))
+                }
+                (F::Write, OpType::Info) => t.1 += 1,
+                (F::StartFault, OpType::Info) => t.2 += 1,
+                _ => {}
+            }
+        }
+        t
     }
 
     /// Flushes the file and returns everything recorded so far.

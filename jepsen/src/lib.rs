@@ -4,6 +4,21 @@
 //! nemesis injects faults; every operation goes into a [`history`]; after healing,
 //! [`checker`]s decide whether the history is valid; [`report`] renders it.
 
+pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod proxy;
 pub mod report;
 pub mod results;
+pub mod run;
+pub mod store;
+pub mod workload;
+
+/// Wall-clock milliseconds since the Unix epoch (event timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

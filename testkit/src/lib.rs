@@ -13,6 +13,8 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod usage;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

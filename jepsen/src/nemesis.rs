@@ -1,0 +1,267 @@
+//! The nemesis: injects one fault at a time (now and then a record-store outage on top of
+//! another), holds it, heals it, and records both ends in the history.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::cluster::{Cluster, DATA_NODES, NODES, WITNESS};
+use crate::history::{Fault, Op, OpType, Recorder, F, NEMESIS};
+use crate::store::Store;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Kill,
+    Pause,
+    Partition,
+    Sink,
+}
+
+impl Kind {
+    pub fn parse_list(list: &str) -> Result<Vec<Kind>> {
+        let mut kinds = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let k = match name {
+                "kill" => Kind::Kill,
+                "pause" => Kind::Pause,
+                "partition" => Kind::Partition,
+                "sink" => Kind::Sink,
+                "none" => continue,
+                other => bail!(
+                    "unknown nemesis {other:?}: use kill, pause, partition, sink (comma-separated) or none"
+                ),
+            };
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        Ok(kinds)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Partition => "partition",
+            Kind::Sink => "sink",
+        }
+    }
+}
+
+/// A fault in place, and how to heal it.
+enum Active {
+    Killed(u64),
+    Paused(u64),
+    Partitioned,
+    StoreKilled,
+    StorePaused,
+}
+
+struct Injected {
+    fault: Fault,
+    active: Active,
+}
+
+pub struct Nemesis {
+    kinds: Vec<Kind>,
+    recorder: Recorder,
+    next_id: u32,
+    pub injected: u64,
+    /// Quiet time between faults and how long one is held, in ms.
+    pub quiet_ms: (u64, u64),
+    pub hold_ms: (u64, u64),
+}
+
+impl Nemesis {
+    pub fn new(kinds: Vec<Kind>, recorder: Recorder) -> Nemesis {
+        Nemesis {
+            kinds,
+            recorder,
+            next_id: 0,
+            injected: 0,
+            quiet_ms: (1_500, 5_000),
+            hold_ms: (1_500, 7_000),
+        }
+    }
+
+    /// Injects and heals faults until `deadline`; returns with everything healed.
+    pub async fn run(
+        &mut self,
+        rng: &mut StdRng,
+        cluster: &mut Cluster,
+        store: &mut Store,
+        deadline: Instant,
+        problems: &mut Vec<(String, String)>,
+    ) -> Result<()> {
+        if self.kinds.is_empty() {
+            tokio::time::sleep_until(deadline.into()).await;
+            return Ok(());
+        }
+        loop {
+            let quiet = Duration::from_millis(rng.gen_range(self.quiet_ms.0..=self.quiet_ms.1));
+            if Instant::now() + quiet >= deadline {
+                tokio::time::sleep_until(deadline.into()).await;
+                return Ok(());
+            }
+            tokio::time::sleep(quiet).await;
+            let kind = *self.kinds.choose(rng).expect("not empty");
+            let mut faults = vec![self.start(kind, rng, cluster, store).await?];
+            // A mix: sometimes the record store fails during another fault.
+            if kind != Kind::Sink && self.kinds.contains(&Kind::Sink) && rng.gen_bool(0.2) {
+                faults.push(self.start(Kind::Sink, rng, cluster, store).await?);
+            }
+            let hold = Duration::from_millis(rng.gen_range(self.hold_ms.0..=self.hold_ms.1));
+            let until = (Instant::now() + hold).min(deadline);
+            tokio::time::sleep_until(until.into()).await;
+            for f in faults.into_iter().rev() {
+                self.stop(f, cluster, store).await?;
+            }
+            // A node that died without the nemesis killing it is a finding; restart it so
+            // the run goes on.
+            while let Some((id, status)) = cluster.exited() {
+                problems.push((
+                    "node-exited".into(),
+                    format!(
+                        "node {id} exited on its own ({status}); see {}",
+                        cluster.log_path(id).display()
+                    ),
+                ));
+                cluster.restart(id)?;
+            }
+        }
+    }
+
+    fn record(&self, f: F, kind: OpType, fault: &Fault) {
+        let mut op = Op::new(NEMESIS, kind, f);
+        op.fault = Some(fault.clone());
+        self.recorder.record(op);
+    }
+
+    async fn start(
+        &mut self,
+        kind: Kind,
+        rng: &mut StdRng,
+        cluster: &mut Cluster,
+        store: &mut Store,
+    ) -> Result<Injected> {
+        let leader = cluster.leader().await;
+        let data_leader = leader.filter(|l| *l != WITNESS);
+        let (nodes, description, plan) = match kind {
+            Kind::Kill | Kind::Pause => {
+                let roll = rng.gen_range(0..100);
+                let target = match data_leader {
+                    Some(l) if roll < 50 => l,
+                    _ if roll < 85 => *NODES.choose(rng).expect("nodes"),
+                    _ => WITNESS,
+                };
+                let what = if Some(target) == leader {
+                    format!("leader {target}")
+                } else if target == WITNESS {
+                    format!("witness {target}")
+                } else {
+                    format!("node {target}")
+                };
+                let verb = if kind == Kind::Kill {
+                    "SIGKILL"
+                } else {
+                    "SIGSTOP"
+                };
+                (vec![target], format!("{verb} {what}"), Some(target))
+            }
+            Kind::Partition => {
+                let variants = [
+                    "isolate-leader",
+                    "isolate-witness",
+                    "isolate-data",
+                    "bridge",
+                ];
+                let variant = *variants.choose(rng).expect("variants");
+                let (alone, desc) = match (variant, data_leader) {
+                    ("isolate-leader", Some(l)) => (vec![l], format!("isolate leader {l}")),
+                    ("isolate-witness", _) => (vec![WITNESS], format!("isolate witness {WITNESS}")),
+                    ("bridge", _) => (
+                        vec![],
+                        "bridge: data nodes 1 and 2 cut apart, witness 3 sees both".into(),
+                    ),
+                    _ => {
+                        let d = *DATA_NODES.choose(rng).expect("data nodes");
+                        (vec![d], format!("isolate data node {d}"))
+                    }
+                };
+                if alone.is_empty() {
+                    cluster.proxies.cut_between(&[1], &[2]);
+                    (vec![1, 2], desc, None)
+                } else {
+                    let rest: Vec<u64> = NODES
+                        .iter()
+                        .copied()
+                        .filter(|n| !alone.contains(n))
+                        .collect();
+                    cluster.proxies.cut_between(&alone, &rest);
+                    (alone, desc, None)
+                }
+            }
+            Kind::Sink => (vec![], String::new(), None),
+        };
+        self.next_id += 1;
+        self.injected += 1;
+        let mut fault = Fault {
+            id: self.next_id,
+            kind: kind.name().into(),
+            nodes,
+            description,
+        };
+        let active = match kind {
+            Kind::Kill => {
+                let t = plan.expect("target");
+                self.record(F::StartFault, OpType::Invoke, &fault);
+                cluster.kill(t)?;
+                Active::Killed(t)
+            }
+            Kind::Pause => {
+                let t = plan.expect("target");
+                self.record(F::StartFault, OpType::Invoke, &fault);
+                cluster.pause(t)?;
+                Active::Paused(t)
+            }
+            Kind::Partition => {
+                self.record(F::StartFault, OpType::Invoke, &fault);
+                Active::Partitioned
+            }
+            Kind::Sink => {
+                let freeze = rng.gen_bool(0.5);
+                fault.description = if freeze {
+                    "record store frozen (SIGSTOP)".into()
+                } else {
+                    "record store killed (SIGKILL), restarted at the end".into()
+                };
+                self.record(F::StartFault, OpType::Invoke, &fault);
+                if freeze {
+                    store.pause()?;
+                    Active::StorePaused
+                } else {
+                    store.kill()?;
+                    Active::StoreKilled
+                }
+            }
+        };
+        self.record(F::StartFault, OpType::Info, &fault);
+        Ok(Injected { fault, active })
+    }
+
+    async fn stop(&mut self, f: Injected, cluster: &mut Cluster, store: &mut Store) -> Result<()> {
+        self.record(F::StopFault, OpType::Invoke, &f.fault);
+        match f.active {
+            Active::Killed(id) => cluster.restart(id)?,
+            Active::Paused(id) => cluster.resume(id)?,
+            Active::Partitioned => cluster.proxies.heal(),
+            Active::StorePaused => store.resume()?,
+            Active::StoreKilled => tokio::task::block_in_place(|| store.restart())?,
+        }
+        self.record(F::StopFault, OpType::Info, &f.fault);
+        Ok(())
+    }
+}
