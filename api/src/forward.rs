@@ -39,6 +39,41 @@ impl Forwarder {
         &self.http
     }
 
+    /// [`Forwarder::forward`]; when `addr` is the leader's, the forward is given up as soon
+    /// as another node is known to lead: a leader that stalls or is cut off must not hold
+    /// the request for the whole timeout while the cluster already fails over. The answer
+    /// is then 503 `leader_changed` (outcome unknown for a write; a retry with the same
+    /// event ids is counted once).
+    pub async fn forward_watching_leader(
+        &self,
+        node: &tally_raft::Node,
+        addr: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let leader = match node.leader() {
+            Some((id, n)) if n.addr == addr => id,
+            _ => {
+                return self
+                    .forward(addr, method, path_and_query, headers, body)
+                    .await
+            }
+        };
+        tokio::select! {
+            resp = self.forward(addr, method, path_and_query, headers, body) => resp,
+            new = node.leader_moved_from(leader) => ApiError::unavailable(
+                "leader_changed",
+                format!(
+                    "node {leader} lost leadership to node {new} while it held this request; \
+                     its outcome is unknown: retry (with the same event ids, which are counted once)"
+                ),
+            )
+            .into_response(),
+        }
+    }
+
     /// Sends `method path_and_query` with `body` to the node at `addr` and relays its answer.
     pub async fn forward(
         &self,

@@ -89,7 +89,7 @@ async fn handle(
             }
             Ok(app
                 .forwarder
-                .forward(&node.addr, Method::POST, path, &headers, bytes)
+                .forward_watching_leader(&app.node, &node.addr, Method::POST, path, &headers, bytes)
                 .await)
         }
         Err(IngestError::NotLeader { .. }) => Err(ApiError::unavailable(

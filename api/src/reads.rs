@@ -138,7 +138,7 @@ async fn route_read(
     }
     Ok(Some(
         app.forwarder
-            .forward(&target, Method::GET, path, headers, Bytes::new())
+            .forward_watching_leader(&app.node, &target, Method::GET, path, headers, Bytes::new())
             .await,
     ))
 }

@@ -102,7 +102,7 @@ async fn handle(app: AppState, headers: HeaderMap, body: Body) -> ApiResult<Resp
         }
         return Ok(app
             .forwarder
-            .forward(&addr, Method::POST, "/v1/sql", &headers, bytes)
+            .forward_watching_leader(&app.node, &addr, Method::POST, "/v1/sql", &headers, bytes)
             .await);
     }
     if !node.has_record_store() {

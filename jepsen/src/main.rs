@@ -43,9 +43,12 @@ struct RunArgs {
     /// Use this MySQL/MariaDB record store (mysql://...) instead of a throwaway MariaDB.
     #[arg(long)]
     record_store: Option<String>,
-    /// Concurrent clients.
+    /// Concurrent writers (each posts batches to random nodes).
     #[arg(long, default_value_t = 6)]
     clients: u32,
+    /// Concurrent readers (linearizable reads and strong SQL through random nodes).
+    #[arg(long, default_value_t = 2)]
+    readers: u32,
     /// The tally server binary (default: `tally` next to this binary).
     #[arg(long, env = "TALLY_BIN")]
     tally_bin: Option<PathBuf>,
@@ -79,6 +82,9 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
     }
     if args.clients == 0 || args.clients > 64 {
         bail!("--clients must be between 1 and 64");
+    }
+    if args.readers > 64 {
+        bail!("--readers must be between 0 and 64");
     }
     let nemeses = Kind::parse_list(&args.nemesis)?;
     let plants: Vec<String> = args
@@ -117,6 +123,7 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
         store_dir: store_dir.clone(),
         record_store: args.record_store,
         clients: args.clients,
+        readers: args.readers,
         tally_bin,
         plants,
         node_log: args.node_log,

@@ -32,7 +32,9 @@ pub struct RunOptions {
     pub seed: u64,
     pub store_dir: PathBuf,
     pub record_store: Option<String>,
+    /// Writer processes, then reader processes.
     pub clients: u32,
+    pub readers: u32,
     pub tally_bin: PathBuf,
     pub plants: Vec<String>,
     pub node_log: String,
@@ -75,7 +77,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
     };
     let tag = format!("jp{}-{}", opts.seed, crate::now_ms() / 1000);
     eprintln!(
-        "tally-jepsen: seed {}, {} s, nemeses [{}], {} clients, run tag {tag}, output in {}",
+        "tally-jepsen: seed {}, {} s, nemeses [{}], {} writers + {} readers, run tag {tag}, output in {}",
         opts.seed,
         opts.time_limit.as_secs(),
         opts.nemeses
@@ -84,6 +86,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
             .collect::<Vec<_>>()
             .join(","),
         opts.clients,
+        opts.readers,
         opts.store_dir.display()
     );
     if !opts.plants.is_empty() {
@@ -108,9 +111,15 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
         .collect();
     let workload = Workload::new(nodes, tag.clone(), recorder.clone())?;
     let deadline = Instant::now() + opts.time_limit;
-    let clients: Vec<_> = (0..opts.clients)
-        .map(|c| tokio::spawn(workload.clone().client(c, opts.seed, deadline)))
+    let mut clients: Vec<_> = (0..opts.clients)
+        .map(|c| tokio::spawn(workload.clone().writer(c, opts.seed, deadline)))
         .collect();
+    for r in 0..opts.readers {
+        let process = opts.clients + r;
+        clients.push(tokio::spawn(
+            workload.clone().reader(process, opts.seed, deadline),
+        ));
+    }
     let running = Arc::new(AtomicBool::new(true));
     let progress = tokio::spawn(progress(
         recorder.clone(),
@@ -166,7 +175,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
     }
 
     // Final reads, recorded like any other client's.
-    let final_process = opts.clients;
+    let final_process = opts.clients + opts.readers;
     let mut counts: Vec<(String, Option<u64>)> = Vec::new();
     for id in DATA_NODES {
         let addr = cluster.client_addr(id).to_string();

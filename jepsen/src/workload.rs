@@ -1,8 +1,10 @@
-//! The clients: each posts batches of uniquely identified events to random nodes (retrying
+//! The clients: writers post batches of uniquely identified events to random nodes (retrying
 //! with the same ids, as a gateway does), now and then re-sends a batch that was already
-//! acknowledged, and reads the count back with `consistency=linearizable` and strong SQL.
+//! acknowledged; readers read the count back with `consistency=linearizable` and strong SQL.
 //! Every operation goes into the history.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -15,8 +17,11 @@ use crate::history::{Batch, Op, OpType, Process, Recorder, F};
 pub const MAX_ATTEMPTS: u32 = 6;
 /// Events per new batch: 1 ..= this.
 pub const MAX_BATCH: u32 = 25;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A gateway gives up on a request after this long and retries elsewhere. Commits take
+/// milliseconds and a failover about a second, so this is ample; a request to a frozen
+/// node ends here as an unknown outcome.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every client shares.
 #[derive(Clone)]
@@ -27,7 +32,13 @@ pub struct Workload {
     pub tag: String,
     pub recorder: Recorder,
     pub http: reqwest::Client,
+    /// Nodes that recently timed out or refused a connection, and until when they are
+    /// avoided: shared by all clients, like a gateway's passive health check.
+    suspects: Arc<Mutex<HashMap<u64, Instant>>>,
 }
+
+/// How long a node that timed out or refused a connection is avoided.
+const SUSPECT_FOR: Duration = Duration::from_secs(4);
 
 /// The event id of `seq` from `client` in the run tagged `tag`.
 pub fn event_id(tag: &str, client: u32, seq: u64) -> String {
@@ -54,6 +65,7 @@ impl Workload {
             tag,
             recorder,
             http,
+            suspects: Arc::default(),
         })
     }
 
@@ -78,15 +90,22 @@ impl Workload {
         Value::Array(events).to_string()
     }
 
-    /// One client's loop until `deadline`.
-    pub async fn client(self, client: u32, seed: u64, deadline: Instant) {
+    /// A writer's loop until `deadline`: new batches, and now and then a replay of a batch
+    /// already acknowledged (gateways deliver at least once).
+    pub async fn writer(self, client: u32, seed: u64, deadline: Instant) {
         let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(client) << 32 | 0x5eed));
         let mut next_seq = 0u64;
         // Acknowledged batches and their bodies, for replays (bounded).
         let mut acked: Vec<(Batch, String)> = Vec::new();
         while Instant::now() < deadline {
-            let roll = rng.gen_range(0..100);
-            if roll < 75 || (roll < 80 && acked.is_empty()) {
+            if rng.gen_range(0..100) < 6 && !acked.is_empty() {
+                let (batch, body) = acked[rng.gen_range(0..acked.len())].clone();
+                let batch = Batch {
+                    replay: true,
+                    ..batch
+                };
+                self.write_with_retries(&mut rng, batch, &body).await;
+            } else {
                 let count = rng.gen_range(1..=MAX_BATCH);
                 let batch = Batch {
                     client,
@@ -100,26 +119,64 @@ impl Workload {
                 if self.write_with_retries(&mut rng, batch, &body).await && acked.len() < 1000 {
                     acked.push((batch, body));
                 }
-            } else if roll < 80 {
-                let (batch, body) = acked[rng.gen_range(0..acked.len())].clone();
-                let batch = Batch {
-                    replay: true,
-                    ..batch
-                };
-                self.write_with_retries(&mut rng, batch, &body).await;
-            } else if roll < 93 {
-                let node = self.pick(&mut rng);
-                self.read(client, node).await;
-            } else {
-                let node = self.pick(&mut rng);
-                self.sql(client, node).await;
             }
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..10))).await;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
         }
     }
 
+    /// A reader's loop until `deadline`: linearizable aggregate reads and strong SQL counts,
+    /// each through a random node. Readers are separate processes from writers, so a read
+    /// stuck behind a frozen record store does not hold writes back.
+    pub async fn reader(self, process: u32, seed: u64, deadline: Instant) {
+        let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(process) << 32 | 0x4ead));
+        while Instant::now() < deadline {
+            let node = self.pick(&mut rng);
+            if rng.gen_range(0..100) < 65 {
+                self.read(process, node).await;
+            } else {
+                self.sql(process, node).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(5..25))).await;
+        }
+    }
+
+    /// A random node, avoiding suspects while any other node is left.
     fn pick(&self, rng: &mut StdRng) -> (u64, String) {
-        self.nodes[rng.gen_range(0..self.nodes.len())].clone()
+        let now = Instant::now();
+        let healthy: Vec<&(u64, String)> = {
+            let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+            self.nodes
+                .iter()
+                .filter(|(id, _)| suspects.get(id).is_none_or(|until| *until <= now))
+                .collect()
+        };
+        if healthy.is_empty() {
+            self.nodes[rng.gen_range(0..self.nodes.len())].clone()
+        } else {
+            healthy[rng.gen_range(0..healthy.len())].clone()
+        }
+    }
+
+    /// Avoids `node` for `how_long`.
+    fn suspect(&self, node: u64, how_long: Duration) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, Instant::now() + how_long);
+    }
+
+    fn suspect_after(&self, node: u64, e: &reqwest::Error) {
+        if e.is_timeout() || e.is_connect() {
+            self.suspect(node, SUSPECT_FOR);
+        }
+    }
+
+    fn all_suspect(&self) -> bool {
+        let now = Instant::now();
+        let suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        self.nodes
+            .iter()
+            .all(|(id, _)| suspects.get(id).is_some_and(|until| *until > now))
     }
 
     /// Sends `batch` until it is acknowledged or certainly refused, at most
@@ -148,7 +205,10 @@ impl Workload {
             };
             let mut retry_after = None;
             match result {
-                Err(e) => done.error = Some(transport_error(&e)),
+                Err(e) => {
+                    self.suspect_after(node, &e);
+                    done.error = Some(transport_error(&e));
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     retry_after = resp
@@ -170,6 +230,10 @@ impl Workload {
                         // committed before the answer was lost (e.g. a forwarded request).
                         if status.is_client_error() && status.as_u16() != 429 {
                             done.kind = OpType::Fail;
+                        } else {
+                            // This node cannot take writes right now (no leader known, its
+                            // leader changed, ...): try another one first.
+                            self.suspect(node, Duration::from_secs(1));
                         }
                         done.error = Some(format!("{} {}", status.as_u16(), error_code(&v)));
                     }
@@ -183,9 +247,14 @@ impl Workload {
                 OpType::Fail => return false,
                 _ => {}
             }
-            let backoff = retry_after
-                .map(|s| Duration::from_secs(s.min(1)))
-                .unwrap_or(Duration::from_millis(50 * u64::from(attempt + 1)));
+            // Another node may take it at once; with none left, honour Retry-After (≤ 1 s).
+            let backoff = if self.all_suspect() {
+                retry_after
+                    .map(|s| Duration::from_secs(s.min(1)))
+                    .unwrap_or(Duration::from_millis(50 * u64::from(attempt + 1)))
+            } else {
+                Duration::from_millis(10)
+            };
             tokio::time::sleep(backoff + Duration::from_millis(rng.gen_range(0..50))).await;
         }
         false
@@ -247,7 +316,10 @@ impl Workload {
             ..invoke
         };
         match req.send().await {
-            Err(e) => done.error = Some(transport_error(&e)),
+            Err(e) => {
+                self.suspect_after(node, &e);
+                done.error = Some(transport_error(&e));
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let v: Value = resp.json().await.unwrap_or(Value::Null);

@@ -262,6 +262,22 @@ impl Node {
         self.leader()
     }
 
+    /// Resolves once this node knows a leader other than `from`, with its id: the leader a
+    /// request was handed to has lost leadership (it stalled, crashed or was cut off).
+    pub async fn leader_moved_from(&self, from: NodeId) -> NodeId {
+        let mut rx = self.raft.metrics();
+        loop {
+            let now = rx.borrow_watched().current_leader;
+            if let Some(id) = now.filter(|id| *id != from) {
+                return id;
+            }
+            if rx.changed().await.is_err() {
+                // Raft stopped: the leader never changes again from here.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Address and role of a member, from the current membership.
     pub fn member(&self, id: NodeId) -> Option<TallyNode> {
         let m = self.raft.metrics();
