@@ -25,3 +25,9 @@ fi
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads "${TALLY_TEST_THREADS:-2}"
+
+# A short mixed-nemesis chaos pass (docs/chaos.md): a real cluster under kills, pauses,
+# partitions and record-store outages; exits non-zero unless the history is valid.
+target/debug/tally-jepsen run --nemesis kill,pause,partition,sink \
+  --time-limit "${TALLY_CHAOS_SECONDS:-45}" --seed "${TALLY_CHAOS_SEED:-42}" \
+  --store-dir target/jepsen-ci

@@ -49,6 +49,10 @@ struct RunArgs {
     /// Concurrent readers (linearizable reads and strong SQL through random nodes).
     #[arg(long, default_value_t = 2)]
     readers: u32,
+    /// At most this many new events per second, all writers together. Keeps a long run
+    /// inside the dedup window's id cap (2M ids), past which a re-sent id counts again.
+    #[arg(long, default_value_t = 3000)]
+    rate: u32,
     /// The tally server binary (default: `tally` next to this binary).
     #[arg(long, env = "TALLY_BIN")]
     tally_bin: Option<PathBuf>,
@@ -86,7 +90,18 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
     if args.readers > 64 {
         bail!("--readers must be between 0 and 64");
     }
+    if args.rate == 0 || args.rate > 100_000 {
+        bail!("--rate must be between 1 and 100000 events per second");
+    }
     let nemeses = Kind::parse_list(&args.nemesis)?;
+    if u64::from(args.rate) * args.time_limit > 1_500_000 {
+        eprintln!(
+            "tally-jepsen: warning: up to {} events at --rate {}: near the dedup window's 2M-id cap, \
+             past which a replayed id counts again by design (docs/chaos.md)",
+            u64::from(args.rate) * args.time_limit,
+            args.rate
+        );
+    }
     let plants: Vec<String> = args
         .plant
         .split(',')
@@ -124,6 +139,7 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
         record_store: args.record_store,
         clients: args.clients,
         readers: args.readers,
+        rate: f64::from(args.rate),
         tally_bin,
         plants,
         node_log: args.node_log,

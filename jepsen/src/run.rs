@@ -35,6 +35,8 @@ pub struct RunOptions {
     /// Writer processes, then reader processes.
     pub clients: u32,
     pub readers: u32,
+    /// New events per second, all writers together (an upper bound).
+    pub rate: f64,
     pub tally_bin: PathBuf,
     pub plants: Vec<String>,
     pub node_log: String,
@@ -112,7 +114,10 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
     let workload = Workload::new(nodes, tag.clone(), recorder.clone())?;
     let deadline = Instant::now() + opts.time_limit;
     let mut clients: Vec<_> = (0..opts.clients)
-        .map(|c| tokio::spawn(workload.clone().writer(c, opts.seed, deadline)))
+        .map(|c| {
+            let rate = opts.rate / f64::from(opts.clients);
+            tokio::spawn(workload.clone().writer(c, opts.seed, deadline, rate))
+        })
         .collect();
     for r in 0..opts.readers {
         let process = opts.clients + r;

@@ -91,13 +91,21 @@ impl Workload {
     }
 
     /// A writer's loop until `deadline`: new batches, and now and then a replay of a batch
-    /// already acknowledged (gateways deliver at least once).
-    pub async fn writer(self, client: u32, seed: u64, deadline: Instant) {
+    /// already acknowledged (gateways deliver at least once). `rate`: this writer's share
+    /// of the events per second.
+    pub async fn writer(self, client: u32, seed: u64, deadline: Instant, rate: f64) {
         let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(client) << 32 | 0x5eed));
         let mut next_seq = 0u64;
-        // Acknowledged batches and their bodies, for replays (bounded).
+        // Recently acknowledged batches and their bodies, for replays (bounded).
         let mut acked: Vec<(Batch, String)> = Vec::new();
+        let started = Instant::now();
         while Instant::now() < deadline {
+            // Keep to the rate: new events so far may not run ahead of the schedule.
+            let due = started + Duration::from_secs_f64(next_seq as f64 / rate.max(1e-3));
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.min(deadline).into()).await;
+                continue;
+            }
             if rng.gen_range(0..100) < 6 && !acked.is_empty() {
                 let (batch, body) = acked[rng.gen_range(0..acked.len())].clone();
                 let batch = Batch {
@@ -116,8 +124,13 @@ impl Workload {
                 };
                 next_seq += u64::from(count);
                 let body = self.body(&batch, crate::now_ms());
-                if self.write_with_retries(&mut rng, batch, &body).await && acked.len() < 1000 {
-                    acked.push((batch, body));
+                if self.write_with_retries(&mut rng, batch, &body).await {
+                    if acked.len() < 1000 {
+                        acked.push((batch, body));
+                    } else {
+                        let slot = rng.gen_range(0..acked.len());
+                        acked[slot] = (batch, body);
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
