@@ -67,6 +67,7 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
+    raise_fd_limit();
     let code = match cli.command {
         Command::Run(args) => match run_cmd(args) {
             Ok(true) => 0,
@@ -178,4 +179,19 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
     }
     println!("  report: {}", store_dir.join("report.html").display());
     Ok(results.valid)
+}
+
+/// Partitions hold many half-open connections: use the hard limit on open files.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

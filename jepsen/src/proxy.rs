@@ -139,20 +139,36 @@ fn is_cut(cuts: &Mutex<Cuts>, link: Option<(u64, u64)>) -> bool {
     })
 }
 
-/// Waits until the link is no longer cut (or [`STALL_LIMIT`] passes).
+/// Holds `conns` silent until the link is no longer cut, [`STALL_LIMIT`] passes, or a peer
+/// closes its end. Bytes that arrive meanwhile are dropped, as a partition drops packets.
 async fn stall_while_cut(
     cuts: &Mutex<Cuts>,
     link: Option<(u64, u64)>,
     rx: &mut watch::Receiver<u64>,
+    conns: &mut [&mut TcpStream],
 ) {
-    let wait = async {
+    let healed = async {
         while is_cut(cuts, link) {
             if rx.changed().await.is_err() {
                 return;
             }
         }
     };
-    let _ = tokio::time::timeout(STALL_LIMIT, wait).await;
+    let closed = futures::future::select_all(conns.iter_mut().map(|c| Box::pin(drain(c))));
+    tokio::select! {
+        _ = tokio::time::timeout(STALL_LIMIT, healed) => {}
+        _ = closed => {}
+    }
+}
+
+/// Reads and discards until the peer closes or errs.
+async fn drain(conn: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = tokio::io::AsyncReadExt::read(conn, &mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 async fn relay(
@@ -165,7 +181,7 @@ async fn relay(
     rx.mark_unchanged();
     if is_cut(&cuts, link) {
         // Accepted, never answered: the caller sees a timeout, as across a real partition.
-        stall_while_cut(&cuts, link, &mut rx).await;
+        stall_while_cut(&cuts, link, &mut rx, &mut [&mut inbound]).await;
         return;
     }
     let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -187,7 +203,7 @@ async fn relay(
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
         _ = cut_now => {
             // Hold both ends silent until the link heals, then drop them.
-            stall_while_cut(&cuts, link, &mut rx).await;
+            stall_while_cut(&cuts, link, &mut rx, &mut [&mut inbound, &mut outbound]).await;
         }
     }
 }

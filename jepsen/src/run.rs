@@ -150,7 +150,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
             ),
         ));
     }
-    store.heal()?;
+    tokio::task::block_in_place(|| store.heal())?;
     cluster.proxies.heal();
     for id in NODES {
         if !cluster.is_running(id) {
