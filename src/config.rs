@@ -456,4 +456,36 @@ witnesses = [3]
         .unwrap_err();
         assert!(err.to_string().contains("witness"), "{err}");
     }
+
+    #[test]
+    fn advertise_replaces_listen_as_the_members_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, SPEC_EXAMPLE).unwrap();
+        let args = |listen: &str, advertise: Option<&str>, source_ip: Option<&str>| ServeArgs {
+            config: Some(path.clone()),
+            listen: Some(listen.into()),
+            advertise: advertise.map(Into::into),
+            source_ip: source_ip.map(Into::into),
+            ..Default::default()
+        };
+        // Behind a proxy: peers use the members address, the node listens elsewhere.
+        let cfg = args("127.0.0.1:9001", Some("127.0.0.1:7101"), Some("127.77.0.1"))
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9001");
+        assert_eq!(cfg.node.source_ip, Some("127.77.0.1".parse().unwrap()));
+        // Without advertise the listen address must be the members address.
+        let err = args("127.0.0.1:9001", None, None).resolve().unwrap_err();
+        assert!(err.to_string().contains("advertise"), "{err}");
+        // advertise must be the members address.
+        let err = args("127.0.0.1:9001", Some("127.0.0.1:9999"), None)
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("must be equal"), "{err}");
+        let err = args("127.0.0.1:7101", None, Some("not-an-ip"))
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("source_ip"), "{err}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Test-only helpers for Tally. Never a dependency of production code.
+//! Helpers for Tally's tests and its chaos suite (`tally-jepsen`). Never a dependency of
+//! the server.
 //!
 //! [`MariaDb`] runs a throwaway MariaDB server for a test: its own temp datadir, a Unix
 //! socket, no TCP port, root without a password. Tests talk to a **real** server (GUIDE:
