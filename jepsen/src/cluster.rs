@@ -242,6 +242,20 @@ impl Cluster {
         None
     }
 
+    /// Every node that exited on its own since the last call, as `node-exited` findings
+    /// for the `cluster` checker (`(kind, description)`), with the ids.
+    pub fn unexpected_exits(&mut self) -> Vec<(u64, (String, String))> {
+        let mut out = Vec::new();
+        while let Some((id, status)) = self.exited() {
+            let what = format!(
+                "node {id} exited on its own ({status}); see {}",
+                self.log_path(id).display()
+            );
+            out.push((id, ("node-exited".to_string(), what)));
+        }
+        out
+    }
+
     pub fn log_path(&self, id: u64) -> &Path {
         &self.nodes[&id].log
     }

@@ -149,7 +149,13 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let results = rt.block_on(run(opts))?;
+    // Ctrl-C drops the run: the cluster and the MariaDB server are killed on the way out.
+    let results = rt.block_on(async {
+        tokio::select! {
+            r = run(opts) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; the cluster and record store were stopped"),
+        }
+    })?;
     println!();
     println!(
         "{}  seed {}  {} events acknowledged of {} attempted, {} faults, {:.0} s",

@@ -121,14 +121,8 @@ impl Nemesis {
             }
             // A node that died without the nemesis killing it is a finding; restart it so
             // the run goes on.
-            while let Some((id, status)) = cluster.exited() {
-                problems.push((
-                    "node-exited".into(),
-                    format!(
-                        "node {id} exited on its own ({status}); see {}",
-                        cluster.log_path(id).display()
-                    ),
-                ));
+            for (id, problem) in cluster.unexpected_exits() {
+                problems.push(problem);
                 cluster.restart(id)?;
             }
         }

@@ -141,15 +141,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
         .await;
 
     // Heal everything, whatever state the nemesis ended in.
-    while let Some((id, status)) = cluster.exited() {
-        problems.push((
-            "node-exited".into(),
-            format!(
-                "node {id} exited on its own ({status}); see {}",
-                cluster.log_path(id).display()
-            ),
-        ));
-    }
+    problems.extend(cluster.unexpected_exits().into_iter().map(|(_, p)| p));
     tokio::task::block_in_place(|| store.heal())?;
     cluster.proxies.heal();
     for id in NODES {
@@ -169,15 +161,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
     if let Err(e) = quiesce(&cluster).await {
         problems.push(("not-quiescent".into(), e.to_string()));
     }
-    if let Some((id, status)) = cluster.exited() {
-        problems.push((
-            "node-exited".into(),
-            format!(
-                "node {id} exited on its own ({status}); see {}",
-                cluster.log_path(id).display()
-            ),
-        ));
-    }
+    problems.extend(cluster.unexpected_exits().into_iter().map(|(_, p)| p));
 
     // Final reads, recorded like any other client's.
     let final_process = opts.clients + opts.readers;
