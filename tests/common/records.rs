@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::{Row, TypeInfo, Value as _, ValueRef};
+use tally_testkit::usage::{usage_symmetric_difference_sql, KEY_COLUMNS, MEASURE_COLUMNS};
 use tally_testkit::MariaDb;
 
 use super::{
@@ -587,8 +588,6 @@ pub async fn pause_leader(cluster: &Cluster, workload: &Workload, paused_for: Du
 }
 
 // ---- Exactness ---------------------------------------------------------------------------------
-
-use tally_testkit::usage::{usage_symmetric_difference_sql, KEY_COLUMNS, MEASURE_COLUMNS};
 
 fn measures_from_text(row: &[String]) -> Measures {
     let n = |i: usize| -> u64 {
