@@ -1,4 +1,4 @@
-//! Node configuration: the TOML file of SPEC §1, overridden by flags and `TALLY_*` variables.
+//! Node configuration: the TOML file documented in docs/architecture.md#configuration, overridden by flags and `TALLY_*` variables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,7 +78,7 @@ pub struct IngestSection {
 /// Flags for `tally serve`; each also reads a `TALLY_*` environment variable.
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (SPEC §1).
+    /// TOML configuration file (docs/architecture.md#configuration).
     #[arg(long, short = 'c', env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Node id (u64, unique in the cluster).
@@ -285,10 +285,10 @@ impl ServeArgs {
             .sink_max_backlog_events
             .or(file.sink.max_backlog_events)
         {
-            if n == 0 || n > analytics::SINK_PENDING_CAP {
+            if n == 0 || n > tally_analytics::PENDING_CAP {
                 bail!(
                     "sink.max_backlog_events must be between 1 and {}",
-                    analytics::SINK_PENDING_CAP
+                    tally_analytics::PENDING_CAP
                 );
             }
             sink.max_backlog_events = n;

@@ -1,6 +1,6 @@
 //! `tally`: the Tally node binary and its command-line tools.
 //!
-//! `serve` runs one node from a TOML file (SPEC §1); `demo` runs a local two-data-node +
+//! `serve` runs one node from a TOML file (docs/architecture.md#configuration); `demo` runs a local two-data-node +
 //! witness cluster with sample traffic; `cluster` and `post` talk to a running node.
 
 mod bench;

@@ -250,7 +250,7 @@ async fn leader_kill_loses_nothing_acknowledged_and_counts_nothing_twice() {
         attempted.len(),
         acked.len(),
     );
-    // SPEC: failover takes about a second. Kept loose here (debug build, 2 cores); the
+    // The product promise: failover takes about a second. Kept loose here (debug build, 2 cores); the
     // numbers are printed above.
     for ms in &failovers {
         assert!(

@@ -1,4 +1,4 @@
-//! Membership operations end to end (SPEC §5), on real processes: unsafe requests are
+//! Membership operations end to end (docs/api.md, docs/membership.md), on real processes: unsafe requests are
 //! refused and change nothing; a dead data node is replaced by a new one, or rebuilt under
 //! its own id after losing its disk; the witness moves to a new node; leadership is handed to
 //! the other data node. After each change writes keep working and the data nodes agree.

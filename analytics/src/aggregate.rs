@@ -1,4 +1,4 @@
-//! Time-bucketed aggregates (SPEC §3): granularities, key columns, measures, the per-
+//! Time-bucketed aggregates (docs/sql.md): granularities, key columns, measures, the per-
 //! granularity bucket series with its retention, and the query types.
 //!
 //! Buckets live in `BTreeMap<bucket_ms, BTreeMap<GroupKey, Measures>>`: ordered by time
@@ -85,7 +85,7 @@ impl FromStr for Granularity {
     }
 }
 
-/// The key columns of an aggregate row (SPEC §3), usable in `group_by`.
+/// The key columns of an aggregate row (docs/sql.md), usable in `group_by`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyColumn {
@@ -204,7 +204,7 @@ fn combine(a: Option<u64>, b: Option<u64>, pick: fn(u64, u64) -> u64) -> Option<
     }
 }
 
-/// The full key of an aggregate row; missing optional fields are `""` (SPEC §4).
+/// The full key of an aggregate row; missing optional fields are `""` (docs/api.md).
 /// Field order = `KeyColumn::ALL` order, which is also the sort order of rows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct GroupKey {
@@ -320,7 +320,7 @@ pub struct AggregateQuery {
 }
 
 impl AggregateQuery {
-    /// The SPEC default: no filters, grouped by all six key columns.
+    /// The documented default: no filters, grouped by all six key columns.
     pub fn new(granularity: Granularity) -> Self {
         AggregateQuery {
             granularity,
@@ -348,7 +348,7 @@ pub struct AggregateRow {
 }
 
 impl AggregateRow {
-    /// The flat JSON object of SPEC §4:
+    /// The flat JSON object of docs/api.md:
     /// `{"bucket_ms": .., <group_by columns>.., <measures>..}`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut object = serde_json::Map::new();

@@ -32,7 +32,7 @@ impl Kind {
     }
 }
 
-/// One validated gateway event (SPEC §2). Optional fields that were absent or `null`
+/// One validated gateway event (docs/api.md). Optional fields that were absent or `null`
 /// in the input are `None`; `tenant` defaults to `""`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -26,7 +26,7 @@
 //!   repeat is acknowledged as a duplicate and not counted. Ids are forgotten after
 //!   [`DEDUP_WINDOW_MS`] of ingest time, or oldest-first once more than [`DEDUP_MAX_IDS`]
 //!   are remembered. A retry that arrives after its id was forgotten counts again here;
-//!   the record store's `events` primary key (a later component, see SPEC §3) is what
+//!   the record store's `events` primary key (see docs/sql.md) is what
 //!   catches that case for the durable tables.
 //! * **Bounded memory.** Buckets are retained by the newest ingest time seen so far:
 //!   [`MINUTE_RETENTION_MS`], [`HOUR_RETENTION_MS`], [`DAY_RETENTION_MS`]. Old buckets are
@@ -43,10 +43,10 @@ mod aggregate;
 mod dedup;
 mod error;
 mod event;
+mod pending;
 #[cfg(feature = "chaos")]
 pub mod plant;
 mod raw;
-mod sink;
 mod snapshot;
 mod state;
 mod validate;
@@ -58,7 +58,7 @@ pub use aggregate::{
 pub use dedup::{DEDUP_MAX_IDS, DEDUP_WINDOW_MS};
 pub use error::AnalyticsError;
 pub use event::{BatchOutcome, Event, IngestBatch, Kind};
-pub use sink::{PendingEvent, SinkStatus, SINK_PENDING_CAP};
+pub use pending::{PendingEvent, PendingStatus, PENDING_CAP};
 pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 pub use state::{State, StateStats};
 pub use validate::{

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The body is bincode 2 (standard config, serde mode) of the applied index, the
-//! analytic state and the sink queue (version 2 added the sink queue). Every collection in it is ordered (BTreeMap, the dedup queue), so the
+//! analytic state and the pending queue of events the record store may still lack (version 2 added it). Every collection in it is ordered (BTreeMap, the dedup queue), so the
 //! same state always encodes to the same bytes. The checksum makes a flipped bit an
 //! error rather than a silently different state; decoding then re-checks the invariants
 //! `apply` maintains. Bump [`SNAPSHOT_VERSION`] on any change to the body's shape.
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::aggregate::{Granularity, Series};
 use crate::error::AnalyticsError;
-use crate::sink::SinkQueue;
+use crate::pending::PendingQueue;
 use crate::state::{Analytic, State};
 
 /// First bytes of every analytics snapshot.
@@ -32,14 +32,14 @@ const CHECKSUM_LEN: usize = 32;
 struct BodyRef<'a> {
     applied_index: u64,
     analytic: &'a Analytic,
-    sink: &'a SinkQueue,
+    pending: &'a PendingQueue,
 }
 
 #[derive(Deserialize)]
 struct Body {
     applied_index: u64,
     analytic: Analytic,
-    sink: SinkQueue,
+    pending: PendingQueue,
 }
 
 fn corrupt(message: impl Into<String>) -> AnalyticsError {
@@ -52,7 +52,7 @@ impl State {
         let body = BodyRef {
             applied_index: self.applied_index,
             analytic: &self.analytic,
-            sink: &self.sink,
+            pending: &self.pending,
         };
         // Serializing in-memory ordered collections of plain data into a Vec has no
         // failure mode (bincode fails only on writer errors or unsupported serde
@@ -109,23 +109,23 @@ impl State {
         for granularity in Granularity::ALL {
             check_series(decoded.analytic.series(granularity), granularity)?;
         }
-        check_sink(&decoded.sink)?;
+        check_pending(&decoded.pending)?;
         Ok(State {
             analytic: decoded.analytic,
             applied_index: decoded.applied_index,
-            sink: decoded.sink,
+            pending: decoded.pending,
         })
     }
 }
 
-/// The sink queue is ordered by log index and holds nothing the cursor already covers.
-fn check_sink(sink: &SinkQueue) -> Result<(), AnalyticsError> {
-    let mut last = sink.cursor;
-    for p in &sink.pending {
-        if p.log_index <= sink.cursor || p.log_index < last {
+/// The pending queue is ordered by log index and holds nothing the cursor already covers.
+fn check_pending(pending: &PendingQueue) -> Result<(), AnalyticsError> {
+    let mut last = pending.cursor;
+    for p in &pending.pending {
+        if p.log_index <= pending.cursor || p.log_index < last {
             return Err(corrupt(format!(
-                "sink queue out of order at log index {} (cursor {})",
-                p.log_index, sink.cursor
+                "pending queue out of order at log index {} (cursor {})",
+                p.log_index, pending.cursor
             )));
         }
         last = p.log_index;

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::aggregate::{run_query, AggregateQuery, AggregateRow, Granularity, GroupKey, Series};
 use crate::dedup::DedupWindow;
 use crate::event::{BatchOutcome, IngestBatch};
-use crate::sink::{PendingEvent, SinkQueue, SinkStatus};
+use crate::pending::{PendingEvent, PendingQueue, PendingStatus};
 
 /// Prefix hashed before the canonical encoding, so a digest can never be confused with
 /// the hash of some other structure (and changes if the digest scheme does).
@@ -57,7 +57,7 @@ pub struct State {
     /// Counted events the record store may still lack. Replicated and snapshotted, but
     /// outside the digest: it is bookkeeping about the record store, not analytics, and
     /// its entry indexes would make two splits of one stream differ.
-    pub(crate) sink: SinkQueue,
+    pub(crate) pending: PendingQueue,
 }
 
 /// Sizes for `/metrics` and `/v1/cluster`.
@@ -90,7 +90,7 @@ impl State {
                 ..Analytic::default()
             },
             applied_index: 0,
-            sink: SinkQueue::default(),
+            pending: PendingQueue::default(),
         }
     }
 
@@ -132,7 +132,7 @@ impl State {
                     continue;
                 }
                 state.events_applied = state.events_applied.saturating_add(1);
-                self.sink.push(log_index, batch.ingest_ms, event);
+                self.pending.push(log_index, batch.ingest_ms, event);
                 let key = GroupKey::of(event);
                 for (granularity, cutoff) in cutoffs {
                     let bucket_ms = granularity.bucket_start(event.ts_ms);
@@ -149,7 +149,7 @@ impl State {
 
     /// Applies a committed sink cursor: the record store holds everything up to `cursor`.
     pub fn advance_sink(&mut self, log_index: u64, cursor: u64) {
-        self.sink.advance(cursor.min(log_index));
+        self.pending.advance(cursor.min(log_index));
         self.applied_index = self.applied_index.max(log_index);
     }
 
@@ -157,11 +157,11 @@ impl State {
     /// unless fewer remain, whole entries only, and the log index the record store
     /// reaches once they are written.
     pub fn sink_pending(&self, after: u64, max_events: usize) -> (Vec<PendingEvent>, u64) {
-        self.sink.take(after, max_events, self.applied_index)
+        self.pending.take(after, max_events, self.applied_index)
     }
 
-    pub fn sink_status(&self) -> SinkStatus {
-        self.sink.status()
+    pub fn pending_status(&self) -> PendingStatus {
+        self.pending.status()
     }
 
     /// Answers an aggregate query. Rows are sorted by `(bucket_ms, group values)`.

@@ -1,4 +1,4 @@
-//! Validation of posted batches (SPEC §2).
+//! Validation of posted batches (docs/api.md).
 //!
 //! A batch is accepted or rejected as a whole. Rejection reports every problem found
 //! (up to [`MAX_ERROR_DETAILS`]), each with the 0-based record number and the field, so
@@ -36,7 +36,7 @@ const API_VERSION_MAX_CHARS: usize = 64;
 /// Longest field name echoed back in an error, so a hostile key cannot bloat the reply.
 const MAX_ECHOED_NAME: usize = 64;
 
-/// Every field of SPEC §2, as named in the JSON input.
+/// Every field of the event schema (docs/api.md), as named in the JSON input.
 const KNOWN_FIELDS: [&str; 33] = [
     "event_id",
     "timestamp",
@@ -284,7 +284,7 @@ fn parse_record(record: usize, fields: Vec<(String, Value)>, report: &mut Report
             report.field(record, name, unknown_field_message(name));
             continue;
         }
-        // SPEC: null for an optional field means absent; for a required one, missing.
+        // null for an optional field means absent; for a required one, missing.
         if value.is_null() {
             continue;
         }

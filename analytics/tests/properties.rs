@@ -2,11 +2,11 @@
 //! *set* of distinct events (first occurrence wins), not of how they were split into
 //! requests and entries, nor of how often they were re-sent inside the dedup window.
 
-use analytics::{
-    AggregateQuery, BatchOutcome, Event, Granularity, IngestBatch, KeyColumn, Kind, State,
-};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
+use tally_analytics::{
+    AggregateQuery, BatchOutcome, Event, Granularity, IngestBatch, KeyColumn, Kind, State,
+};
 
 /// 2024-05-01T12:00:00Z, the proposer's clock in these tests.
 const T: i64 = 1_714_564_800_000;
@@ -122,7 +122,7 @@ fn batches(entries: Vec<Vec<Vec<Event>>>, ingest: impl Fn(usize) -> i64) -> Vec<
 }
 
 /// Everything a reader can ask, at every granularity and a few groupings.
-fn answers(state: &State) -> Vec<Vec<analytics::AggregateRow>> {
+fn answers(state: &State) -> Vec<Vec<tally_analytics::AggregateRow>> {
     let mut out = Vec::new();
     for granularity in Granularity::ALL {
         for group_by in [
@@ -212,7 +212,7 @@ proptest! {
         // Keep the whole advance inside the dedup window: a re-send after the window is
         // (by design) counted again, which is not what this property is about.
         let planned = plan.entries();
-        let step = step.min((analytics::DEDUP_WINDOW_MS - 1) / planned.len().max(1) as i64);
+        let step = step.min((tally_analytics::DEDUP_WINDOW_MS - 1) / planned.len().max(1) as i64);
         let entries = batches(planned, |i| T + i as i64 * step);
         let mut state = State::new();
         apply_all(&mut state, &entries, 1);
@@ -224,8 +224,8 @@ proptest! {
     fn decoding_garbage_is_an_error_not_a_panic(
         tail in prop::collection::vec(any::<u8>(), 0..200),
     ) {
-        let mut bytes = analytics::SNAPSHOT_MAGIC.to_vec();
-        bytes.extend_from_slice(&analytics::SNAPSHOT_VERSION.to_le_bytes());
+        let mut bytes = tally_analytics::SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&tally_analytics::SNAPSHOT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&tail);
         prop_assert!(State::decode_snapshot(&bytes).is_err());
     }
@@ -233,7 +233,7 @@ proptest! {
     /// Arbitrary bodies never panic the parser.
     #[test]
     fn parsing_arbitrary_bytes_never_panics(body in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = analytics::parse_events(&body, analytics::BodyFormat::Json);
-        let _ = analytics::parse_events(&body, analytics::BodyFormat::Ndjson);
+        let _ = tally_analytics::parse_events(&body, tally_analytics::BodyFormat::Json);
+        let _ = tally_analytics::parse_events(&body, tally_analytics::BodyFormat::Ndjson);
     }
 }

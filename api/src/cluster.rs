@@ -102,7 +102,7 @@ fn sink_json(node: &tally_raft::Node) -> Value {
     }
     let (status, applied) = {
         let a = node.state.read();
-        (a.state.sink_status(), a.applied_index())
+        (a.state.pending_status(), a.applied_index())
     };
     let watermark = status
         .oldest_pending_index
@@ -309,7 +309,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "gauge",
         stats.buckets_day as u64,
     );
-    let sink_status = applied.state.sink_status();
+    let sink_status = applied.state.pending_status();
     let report = node.sink.report();
     gauge(
         "tally_sink_pending_events",

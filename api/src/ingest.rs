@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tally_raft::now_ms;
 
-use analytics::BodyFormat;
+use tally_analytics::BodyFormat;
 use tally_raft::IngestError;
 
 use crate::error::ApiError;
@@ -50,8 +50,8 @@ async fn handle(
     let format = body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
     // and changes nothing anywhere.
-    let events = analytics::parse_events(&bytes, format).map_err(invalid)?;
-    analytics::check_future_skew(&events, now_ms()).map_err(invalid)?;
+    let events = tally_analytics::parse_events(&bytes, format).map_err(invalid)?;
+    tally_analytics::check_future_skew(&events, now_ms()).map_err(invalid)?;
 
     // While an election runs (a leader just died or handed over), hold the request for
     // up to one election timeout rather than bounce it with a 503 at once.
@@ -120,7 +120,7 @@ async fn handle(
     }
 }
 
-fn invalid(e: analytics::BatchError) -> ApiError {
+fn invalid(e: tally_analytics::BatchError) -> ApiError {
     let details = e
         .details
         .iter()

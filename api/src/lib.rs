@@ -1,4 +1,4 @@
-//! Tally's HTTP API (SPEC §2, §4, §5) and the server half of Raft RPC.
+//! Tally's HTTP API (docs/api.md) and the server half of Raft RPC.
 //!
 //! * `POST /v1/events` — validate (400 names record and field), then commit through the
 //!   leader; followers and the witness forward (or answer 307 with `?redirect`).

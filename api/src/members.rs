@@ -1,4 +1,4 @@
-//! Membership operations (SPEC §5): `POST /v1/cluster/members`, `DELETE
+//! Membership operations (docs/api.md, docs/membership.md): `POST /v1/cluster/members`, `DELETE
 //! /v1/cluster/members/{id}` and `POST /v1/cluster/leader`.
 //!
 //! Bodies are validated on whichever node receives them (a bad body gets its 400 there and

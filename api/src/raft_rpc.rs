@@ -75,7 +75,7 @@ pub async fn snapshot(State(app): State<AppState>, headers: HeaderMap, body: Bod
     // A data node installs only real analytic state. Refusing here (before openraft sees
     // it) keeps a bad snapshot from becoming a storage error that stops the node.
     if app.node.role == Role::Data {
-        if let Err(e) = analytics::State::decode_snapshot(&data) {
+        if let Err(e) = tally_analytics::State::decode_snapshot(&data) {
             return (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("refusing snapshot without valid analytic state: {e}"),

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use analytics::{AggregateQuery, Granularity, KeyColumn};
+use tally_analytics::{AggregateQuery, Granularity, KeyColumn};
 use tally_raft::Role;
 
 use crate::error::{ApiError, ApiResult};

@@ -176,7 +176,7 @@ fn records_dialect(node: &Node) -> ApiResult<tally_storage::records::Dialect> {
 /// knows it.
 fn record_watermark(node: &Node) -> u64 {
     let applied = node.state.read();
-    match applied.state.sink_status().oldest_pending_index {
+    match applied.state.pending_status().oldest_pending_index {
         Some(oldest) => oldest.saturating_sub(1),
         None => applied.applied_index(),
     }

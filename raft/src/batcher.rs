@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use analytics::{Event, IngestBatch};
 use openraft::errors::{ClientWriteError, RaftError};
+use tally_analytics::{Event, IngestBatch};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::types::{NodeId, Raft, Request, TallyNode};

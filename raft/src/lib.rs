@@ -1,7 +1,7 @@
 //! Tally's Raft layer: openraft wired to the analytics state machine.
 //!
 //! * [`types`] — the openraft type configuration and the entry payload ([`Request`]).
-//! * [`state_machine`] — applies committed entries to [`analytics::State`] on a data node and
+//! * [`state_machine`] — applies committed entries to [`tally_analytics::State`] on a data node and
 //!   nothing on a witness; builds and installs checksummed snapshot files.
 //! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret.
 //! * [`batcher`] — group commit: concurrent ingest requests become one entry.

@@ -315,7 +315,7 @@ impl Node {
     /// `bytes` is the size of the request body, which bounds the entry's size.
     pub async fn ingest(
         &self,
-        events: Vec<analytics::Event>,
+        events: Vec<tally_analytics::Event>,
         bytes: usize,
     ) -> Result<IngestAck, IngestError> {
         if !self.is_leader() {
@@ -327,7 +327,7 @@ impl Node {
             return Err(IngestError::WitnessLeader);
         }
         let backlog = self.has_record_store().then(|| {
-            let pending = self.state.read().state.sink_status().pending_events;
+            let pending = self.state.read().state.pending_status().pending_events;
             (pending, self.options.sink.max_backlog_events)
         });
         self.ingest.submit(events, bytes, backlog).await
@@ -464,7 +464,7 @@ async fn purge_behind_snapshots(raft: Raft, state: SharedState, has_sink: bool, 
         };
         let Some(snapshot) = snapshot else { continue };
         let oldest_pending = if has_sink {
-            state.read().state.sink_status().oldest_pending_index
+            state.read().state.pending_status().oldest_pending_index
         } else {
             None
         };

@@ -25,7 +25,7 @@ pub fn activate(list: &str) -> Result<Vec<String>, String> {
     }
     for name in &names {
         match name.as_str() {
-            "skip-dedup" => analytics::plant::set_skip_dedup(true),
+            "skip-dedup" => tally_analytics::plant::set_skip_dedup(true),
             "ack-before-commit" => ACK_BEFORE_COMMIT.store(true, Ordering::SeqCst),
             _ => unreachable!("checked above"),
         }

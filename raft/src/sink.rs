@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
-use tally_storage::records::{RecordError, RecordStore, SinkBatch};
+use tally_storage::records::{RecordError, RecordStore, WriteBatch};
 
 use crate::state_machine::SharedState;
 use crate::types::{Raft, Request};
@@ -148,7 +148,7 @@ async fn step(
     let (pending, upto, status) = {
         let applied = state.read();
         let (pending, upto) = applied.state.sink_pending(cursor, config.batch_events);
-        (pending, upto, applied.state.sink_status())
+        (pending, upto, applied.state.pending_status())
     };
     let replicated = status.cursor;
     if cursor < replicated {
@@ -183,7 +183,7 @@ async fn step(
         });
         return Ok(Progress::Idle);
     }
-    let batch = SinkBatch {
+    let batch = WriteBatch {
         expected_cursor: cursor,
         new_cursor: upto,
         ingest: pending

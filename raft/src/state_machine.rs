@@ -1,6 +1,6 @@
 //! The Raft state machine: committed entries in, analytic state out.
 //!
-//! A data node applies every ingest entry to [`analytics::State`]; a witness applies nothing
+//! A data node applies every ingest entry to [`tally_analytics::State`]; a witness applies nothing
 //! but the bookkeeping openraft needs (last applied log id, membership). The state a reader
 //! sees and the index it was applied to live under one lock, so `applied_index` and `digest`
 //! always describe the same state.
@@ -32,7 +32,7 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     /// Always empty on a witness.
-    pub state: analytics::State,
+    pub state: tally_analytics::State,
     /// Every data member holds a snapshot covering at least this index (published by the
     /// leader through [`Request::SnapshotFloor`]); the witness purges its log only up to it.
     pub snapshot_floor: u64,
@@ -77,11 +77,11 @@ impl StateMachine {
             let meta: SnapshotMeta = rpc::decode(&stored.meta).map_err(io::Error::other)?;
             let (state, floor) = match role {
                 Role::Data => (
-                    analytics::State::decode_snapshot(&stored.data)
+                    tally_analytics::State::decode_snapshot(&stored.data)
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
                     0,
                 ),
-                Role::Witness => (analytics::State::new(), witness_floor(&stored.data)),
+                Role::Witness => (tally_analytics::State::new(), witness_floor(&stored.data)),
             };
             let mut applied = shared.write();
             applied.last_applied = meta.last_log_id;
@@ -258,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let state = match self.role {
             Role::Data => Some(
-                analytics::State::decode_snapshot(&snapshot)
+                tally_analytics::State::decode_snapshot(&snapshot)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
             ),
             // The witness keeps only the position (so it can restart consistently with a
@@ -316,8 +316,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use crate::types::Entry;
-    use analytics::{Event, IngestBatch};
     use openraft::testing::log_id;
+    use tally_analytics::{Event, IngestBatch};
 
     fn event(id: &str) -> Event {
         Event {
@@ -399,7 +399,7 @@ mod tests {
             assert_eq!(a.applied_index(), 2);
             assert_eq!(a.snapshot_floor, 1);
             assert_eq!(a.state.stats().events_applied, 0);
-            assert_eq!(a.state.digest(), analytics::State::new().digest());
+            assert_eq!(a.state.digest(), tally_analytics::State::new().digest());
         }
         // Its snapshot is position-only: no analytics, refused by data nodes.
         let snap = sm
@@ -410,7 +410,7 @@ mod tests {
             .await
             .unwrap();
         assert!(is_witness_payload(&snap.snapshot));
-        assert!(analytics::State::decode_snapshot(&snap.snapshot).is_err());
+        assert!(tally_analytics::State::decode_snapshot(&snap.snapshot).is_err());
         let data_dir = tempfile::tempdir().unwrap();
         let mut data = open(Role::Data, data_dir.path());
         assert!(data

@@ -82,7 +82,7 @@ impl std::str::FromStr for Role {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Client requests group-committed into one entry, stamped by the proposer.
-    Ingest(analytics::IngestBatch),
+    Ingest(tally_analytics::IngestBatch),
     /// The record store holds every event up to this log index (published by the
     /// leader's sink after its transaction commits).
     SinkCursor(u64),
@@ -111,7 +111,7 @@ impl fmt::Display for Request {
 pub struct Response {
     /// One outcome per client request of an ingest entry, in order. Empty on a witness,
     /// which applies nothing (and therefore never acknowledges ingest itself).
-    pub outcomes: Vec<analytics::BatchOutcome>,
+    pub outcomes: Vec<tally_analytics::BatchOutcome>,
     /// Whether the applying node computed analytics for this entry.
     pub applied_analytics: bool,
 }

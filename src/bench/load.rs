@@ -415,7 +415,8 @@ mod tests {
     #[test]
     fn bench_events_are_valid() {
         let body = batch_body(1, 2, 10);
-        let events = analytics::parse_events(&body, analytics::BodyFormat::Ndjson).unwrap();
+        let events =
+            tally_analytics::parse_events(&body, tally_analytics::BodyFormat::Ndjson).unwrap();
         assert_eq!(events.len(), 10);
     }
 }

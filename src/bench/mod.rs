@@ -1,6 +1,6 @@
 //! `tally bench …`: benchmarks that run the real product, in release, and report figures.
 //!
-//! Speed targets live here, never in timed tests (GUIDE.md). Each benchmark starts what it
+//! Speed targets live here, never in timed tests. Each benchmark starts what it
 //! measures itself, on loopback, and cleans up every process it started.
 //!
 //! * [`failover`]: how long writes stop when the leader dies (SIGKILL) or is stopped

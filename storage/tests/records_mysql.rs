@@ -9,9 +9,9 @@ mod records_common;
 
 use std::time::{Duration, Instant};
 
-use analytics::{Event, Granularity};
 use records_common::*;
 use serde_json::json;
+use tally_analytics::{Event, Granularity};
 use tally_storage::records::{Dialect, RecordError, RecordStore};
 use tally_testkit::MariaDb;
 

@@ -5,9 +5,9 @@ mod records_common;
 
 use std::time::{Duration, Instant};
 
-use analytics::Event;
 use records_common::*;
 use serde_json::json;
+use tally_analytics::Event;
 use tally_storage::records::{Dialect, QueryLimits, RecordError, RecordStore};
 
 /// A fresh database file in a temp dir (kept alive by the returned guard).

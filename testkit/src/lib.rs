@@ -2,8 +2,8 @@
 //! the server.
 //!
 //! [`MariaDb`] runs a throwaway MariaDB server for a test: its own temp datadir, a Unix
-//! socket, no TCP port, root without a password. Tests talk to a **real** server (GUIDE:
-//! never a mock) and can stop, kill and restart it to play a record-store outage.
+//! socket, no TCP port, root without a password. Tests talk to a **real** server
+//! (never a mock) and can stop, kill and restart it to play a record-store outage.
 //!
 //! If the server binaries are missing, [`MariaDb::start`] fails with a message that says
 //! what to install; tests that need MariaDB fail rather than skip silently.

@@ -912,7 +912,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 pub const DAY_MS: i64 = 86_400_000;
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// The measures of SPEC §3, computed by the test from the events it sent.
+/// The measures (docs/api.md), computed by the test from the events it sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Measures {
     pub requests: u64,

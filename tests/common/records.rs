@@ -1,7 +1,7 @@
 //! Record-store helpers for the end-to-end tests: a deterministic event generator, a chaos
 //! workload of concurrent writers, a way to read the record store that does not go through
 //! the code under test (the `mariadb` client, or a read-only SQLite connection), and the
-//! exactness checks of SPEC §3 (each acknowledged event once; usage tables equal a
+//! exactness checks of docs/sql.md (each acknowledged event once; usage tables equal a
 //! `GROUP BY` over `events`; the in-memory aggregates agree).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -647,7 +647,7 @@ fn describe_diff(a: &Model, b: &Model, a_name: &str, b_name: &str) -> String {
     )
 }
 
-/// The checks of SPEC §3 after the sink caught up: `events` holds every acknowledged event
+/// The exactness checks (docs/sql.md) after the sink caught up: `events` holds every acknowledged event
 /// exactly once and nothing that was never sent, each with the content that was sent; each
 /// usage table equals a `GROUP BY` over `events`; `sink_state` covers every acknowledgement;
 /// the in-memory aggregates of both data nodes (hour and day) equal the usage tables.

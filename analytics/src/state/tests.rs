@@ -482,7 +482,7 @@ fn sink_queue_follows_counted_events_and_survives_snapshots() {
     assert_eq!(restored.sink_pending(0, 100), state.sink_pending(0, 100));
 
     state.advance_sink(3, 1);
-    let status = state.sink_status();
+    let status = state.pending_status();
     assert_eq!((status.cursor, status.pending_events), (1, 1));
     assert_eq!(state.applied_index(), 3);
     let (pending, upto) = state.sink_pending(1, 100);

@@ -3,7 +3,7 @@
 //! A statement passes only if it is exactly one query (`SELECT`, `WITH … SELECT`, set
 //! operations, `VALUES`) with no locking clause, no `INTO`, no nested data-modifying
 //! statement and no call to a function that touches files, extensions or session locks.
-//! `EXPLAIN` is refused too: SPEC §4 allows one `SELECT`/`WITH` statement, nothing else.
+//! `EXPLAIN` is refused too: the SQL endpoint allows one `SELECT`/`WITH` statement, nothing else.
 //!
 //! What the parser cannot see it refuses: MySQL/MariaDB executable comments (`/*! … */`,
 //! `/*M! … */`) and optimizer hints (`/*+ … */`), because the server runs text in them that

@@ -1,5 +1,5 @@
-//! The record store: analytic records in SQL (SPEC §3), written by the leader's sink and
-//! read through the read-only SQL endpoint (SPEC §4). MySQL/MariaDB in production, SQLite
+//! The record store: analytic records in SQL (docs/sql.md), written by the leader's sink and
+//! read through the read-only SQL endpoint (docs/api.md). MySQL/MariaDB in production, SQLite
 //! as the embedded default. The schema is documented for users in `docs/sql.md`.
 //!
 //! - [`RecordStore::connect`] opens pools and applies the versioned migrations
@@ -14,7 +14,7 @@
 //!    over `events`, after any sequence of crashes, retries and competing sinks: a write
 //!    locks `sink_state`, refuses to run from a stale cursor, counts only rows it inserts,
 //!    and commits rows, usage and cursor together.
-//! 2. **Same numbers as memory.** Usage deltas come from `analytics::Measures::add`, the
+//! 2. **Same numbers as memory.** Usage deltas come from `tally_analytics::Measures::add`, the
 //!    function the in-memory state uses; keys compare bytewise on both dialects.
 //! 3. **Reads cannot write.** User SQL must parse as exactly one query, and then runs on a
 //!    separate read-only pool inside a read-only transaction, under a statement timeout and
@@ -24,8 +24,8 @@ mod connect;
 mod error;
 mod guard;
 mod query;
-mod sink;
 mod usage;
+mod write;
 
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use sqlx::{MySqlPool, SqlitePool};
 pub use error::RecordError;
 pub use guard::check_read_only;
 pub use query::{ColumnInfo, QueryLimits, QueryResult};
-pub use sink::{SinkBatch, SinkOutcome};
+pub use write::{WriteBatch, WriteOutcome};
 
 /// The SQL dialect behind a store; it decides how user SQL is parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,14 +113,14 @@ impl RecordStore {
                 .map_err(read)?
                 .map(|index| index.max(0) as u64),
         };
-        found.ok_or_else(sink::missing_cursor_row)
+        found.ok_or_else(write::missing_cursor_row)
     }
 
-    /// Writes one sink batch exactly once; see [`SinkBatch`].
-    pub async fn write(&self, batch: SinkBatch<'_>) -> Result<SinkOutcome, RecordError> {
+    /// Writes one sink batch exactly once; see [`WriteBatch`].
+    pub async fn write(&self, batch: WriteBatch<'_>) -> Result<WriteOutcome, RecordError> {
         match &self.backend {
-            Backend::MySql { pool, .. } => sink::mysql::write(pool, batch).await,
-            Backend::Sqlite { pool, .. } => sink::sqlite::write(pool, batch).await,
+            Backend::MySql { pool, .. } => write::mysql::write(pool, batch).await,
+            Backend::Sqlite { pool, .. } => write::sqlite::write(pool, batch).await,
         }
     }
 

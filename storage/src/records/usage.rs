@@ -1,14 +1,14 @@
 //! Usage deltas: what a set of newly inserted events adds to `usage_minute/hour/day`.
 //!
-//! The measures come from `analytics::Measures::add`, the same function the in-memory state
+//! The measures come from `tally_analytics::Measures::add`, the same function the in-memory state
 //! uses, so the tables and `/v1/aggregates` count alike by construction.
 
 use std::collections::BTreeMap;
 
-use analytics::{Event, Granularity, Measures};
 use sha2::{Digest, Sha256};
+use tally_analytics::{Event, Granularity, Measures};
 
-/// The six key columns of a usage row (SPEC §3); absent optional fields are `""`.
+/// The six key columns of a usage row (docs/sql.md); absent optional fields are `""`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct UsageKey<'a> {
     pub tenant: &'a str,
@@ -106,7 +106,7 @@ pub(crate) fn cap(measures: &Measures, max: u64) -> Measures {
 
 #[cfg(test)]
 mod tests {
-    use analytics::Kind;
+    use tally_analytics::Kind;
 
     use super::*;
 

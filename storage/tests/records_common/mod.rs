@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use analytics::{AggregateQuery, Event, Granularity, IngestBatch, Kind, State};
 use serde_json::{json, Value};
+use tally_analytics::{AggregateQuery, Event, Granularity, IngestBatch, Kind, State};
 use tally_storage::records::{
-    check_read_only, Dialect, QueryLimits, RecordError, RecordStore, SinkBatch,
+    check_read_only, Dialect, QueryLimits, RecordError, RecordStore, WriteBatch,
 };
 
 pub const LIMITS: QueryLimits = QueryLimits {
@@ -105,8 +105,8 @@ pub fn sample_events(n: usize, seed: u64) -> Vec<Event> {
 }
 
 /// A batch over `events`, all carried by log index `index`.
-pub fn batch(expected: u64, new: u64, index: u64, events: &[Event]) -> SinkBatch<'_> {
-    SinkBatch {
+pub fn batch(expected: u64, new: u64, index: u64, events: &[Event]) -> WriteBatch<'_> {
+    WriteBatch {
         expected_cursor: expected,
         new_cursor: new,
         ingest: events.iter().map(|e| (index, T0 + 99, e)).collect(),
@@ -163,7 +163,7 @@ pub async fn group_by_events(store: &RecordStore, granularity: Granularity) -> V
     rows(store, &sql).await
 }
 
-/// The in-memory aggregation (`analytics::State`) of `events`, as usage rows.
+/// The in-memory aggregation (`tally_analytics::State`) of `events`, as usage rows.
 pub fn state_rows(events: &[Event], granularity: Granularity) -> Vec<Vec<Value>> {
     let mut state = State::new();
     state.apply(

@@ -9,14 +9,14 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use analytics::Event;
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::Sqlite;
 use sqlx::{QueryBuilder, SqliteConnection, SqlitePool};
+use tally_analytics::Event;
 
 use super::{
     candidates, chunks, event_size, event_values, events_insert_prefix, missing_cursor_row, now_ms,
-    usage_insert_prefix, usage_values, EventRow, SinkBatch, SinkOutcome, Value, ID_CHUNK,
+    usage_insert_prefix, usage_values, EventRow, Value, WriteBatch, WriteOutcome, ID_CHUNK,
     USAGE_KEY_COLUMNS, USAGE_SUM_COLUMNS,
 };
 use crate::records::usage::{self, Deltas};
@@ -26,8 +26,8 @@ const MAX: u64 = i64::MAX as u64;
 
 pub(crate) async fn write(
     pool: &SqlitePool,
-    batch: SinkBatch<'_>,
-) -> Result<SinkOutcome, RecordError> {
+    batch: WriteBatch<'_>,
+) -> Result<WriteOutcome, RecordError> {
     let rows = candidates(&batch)?;
     let expected = to_i64(batch.expected_cursor, "expected_cursor")?;
     let new_cursor = to_i64(batch.new_cursor, "new_cursor")?;
@@ -41,7 +41,7 @@ pub(crate) async fn write(
     match write_in(&mut tx, expected, new_cursor, &rows).await {
         Ok(inserted) => {
             tx.commit().await.map_err(RecordError::db("commit"))?;
-            Ok(SinkOutcome {
+            Ok(WriteOutcome {
                 inserted,
                 already_present: batch.ingest.len() as u64 - inserted,
             })

@@ -20,14 +20,14 @@ pub(crate) mod sqlite;
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use analytics::{Event, Measures};
+use tally_analytics::{Event, Measures};
 
 use super::usage::UsageKey;
 use super::RecordError;
 
 /// One sink transaction's worth of events.
 #[derive(Clone, Debug)]
-pub struct SinkBatch<'a> {
+pub struct WriteBatch<'a> {
     /// The `applied_index` the sink read; the write is refused if the store moved on.
     pub expected_cursor: u64,
     /// The `applied_index` after this batch: every event up to this log index is in it
@@ -40,7 +40,7 @@ pub struct SinkBatch<'a> {
 
 /// What a successful write did. `inserted + already_present == ingest.len()`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SinkOutcome {
+pub struct WriteOutcome {
     /// Events newly stored (and counted in the usage tables).
     pub inserted: u64,
     /// Batch entries not stored: the id was in `events` already, or earlier in the batch.
@@ -56,7 +56,7 @@ pub(crate) struct EventRow<'a> {
 }
 
 /// Checks the batch and drops repeated ids (first occurrence wins).
-pub(crate) fn candidates<'a>(batch: &SinkBatch<'a>) -> Result<Vec<EventRow<'a>>, RecordError> {
+pub(crate) fn candidates<'a>(batch: &WriteBatch<'a>) -> Result<Vec<EventRow<'a>>, RecordError> {
     if batch.new_cursor < batch.expected_cursor {
         return Err(RecordError::InvalidBatch(format!(
             "new_cursor {} is behind expected_cursor {}",
@@ -325,7 +325,7 @@ mod tests {
             event_id: "A".into(),
             ..Event::default()
         };
-        let batch = SinkBatch {
+        let batch = WriteBatch {
             expected_cursor: 1,
             new_cursor: 3,
             ingest: vec![(2, 10, &a), (2, 10, &upper), (3, 11, &a)],
@@ -338,7 +338,7 @@ mod tests {
         );
         assert_eq!(rows[1].event.event_id, "A");
 
-        let backwards = SinkBatch {
+        let backwards = WriteBatch {
             expected_cursor: 5,
             new_cursor: 4,
             ingest: vec![],

@@ -1,4 +1,4 @@
-//! The sink queue: counted events not yet confirmed written to the record store.
+//! The pending queue: counted events not yet confirmed written to the record store.
 //!
 //! The record-store sink runs on the leader only, and leadership moves. So what it still has
 //! to write must be part of the replicated state: every data node queues each event it
@@ -7,7 +7,7 @@
 //! leader, or a node rebuilt from a snapshot, therefore has exactly the events the record
 //! store may still lack, however the log behind them was purged.
 //!
-//! The queue is bounded ([`SINK_PENDING_CAP`]): past it the oldest events are dropped and
+//! The queue is bounded ([`PENDING_CAP`]): past it the oldest events are dropped and
 //! counted. The leader refuses ingest long before that while a record store is configured
 //! (its backlog bound); the cap matters only for a cluster running without a record store,
 //! where nothing ever drains the queue.
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 
 /// Most events the queue holds; beyond this the oldest are dropped.
-pub const SINK_PENDING_CAP: usize = 1_000_000;
+pub const PENDING_CAP: usize = 1_000_000;
 
 /// One counted event waiting for the record store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct PendingEvent {
 
 /// Where the sink stands, for the API and the leader's back-pressure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct SinkStatus {
+pub struct PendingStatus {
     /// Everything up to this log index is in the record store.
     pub cursor: u64,
     pub pending_events: usize,
@@ -43,14 +43,14 @@ pub struct SinkStatus {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SinkQueue {
+pub(crate) struct PendingQueue {
     pub cursor: u64,
     /// Ordered by `log_index` (entries are applied in order).
     pub pending: VecDeque<PendingEvent>,
     pub dropped: u64,
 }
 
-impl SinkQueue {
+impl PendingQueue {
     pub fn push(&mut self, log_index: u64, ingest_ms: i64, event: &Event) {
         if log_index <= self.cursor {
             // Already covered by a cursor (an entry re-applied after the cursor moved).
@@ -61,7 +61,7 @@ impl SinkQueue {
             ingest_ms,
             event: event.clone(),
         });
-        while self.pending.len() > SINK_PENDING_CAP {
+        while self.pending.len() > PENDING_CAP {
             self.pending.pop_front();
             self.dropped = self.dropped.saturating_add(1);
         }
@@ -101,8 +101,8 @@ impl SinkQueue {
         (out, applied_index.max(after))
     }
 
-    pub fn status(&self) -> SinkStatus {
-        SinkStatus {
+    pub fn status(&self) -> PendingStatus {
+        PendingStatus {
             cursor: self.cursor,
             pending_events: self.pending.len(),
             oldest_pending_index: self.pending.front().map(|p| p.log_index),
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn take_keeps_entries_whole_and_reports_the_reached_index() {
-        let mut q = SinkQueue::default();
+        let mut q = PendingQueue::default();
         q.push(3, 0, &ev("a"));
         q.push(3, 0, &ev("b"));
         q.push(5, 0, &ev("c"));
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn advance_drops_the_covered_head_and_never_goes_back() {
-        let mut q = SinkQueue::default();
+        let mut q = PendingQueue::default();
         for (i, id) in [(1, "a"), (2, "b"), (4, "c")] {
             q.push(i, 0, &ev(id));
         }

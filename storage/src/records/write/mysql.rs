@@ -8,7 +8,7 @@ use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::{
     candidates, chunks, event_size, event_values, events_insert_prefix, missing_cursor_row, now_ms,
-    usage_insert_prefix, usage_values, EventRow, SinkBatch, SinkOutcome, Value, ID_CHUNK,
+    usage_insert_prefix, usage_values, EventRow, Value, WriteBatch, WriteOutcome, ID_CHUNK,
     USAGE_SUM_COLUMNS,
 };
 use crate::records::usage::{self, Deltas};
@@ -16,8 +16,8 @@ use crate::records::RecordError;
 
 pub(crate) async fn write(
     pool: &MySqlPool,
-    batch: SinkBatch<'_>,
-) -> Result<SinkOutcome, RecordError> {
+    batch: WriteBatch<'_>,
+) -> Result<WriteOutcome, RecordError> {
     let rows = candidates(&batch)?;
     let mut tx = pool.begin().await.map_err(RecordError::db("begin"))?;
     match write_in(&mut tx, &batch, &rows).await {
@@ -35,9 +35,9 @@ pub(crate) async fn write(
 
 async fn write_in(
     conn: &mut MySqlConnection,
-    batch: &SinkBatch<'_>,
+    batch: &WriteBatch<'_>,
     rows: &[EventRow<'_>],
-) -> Result<SinkOutcome, RecordError> {
+) -> Result<WriteOutcome, RecordError> {
     let found: u64 =
         sqlx::query_scalar("SELECT applied_index FROM sink_state WHERE id = 1 FOR UPDATE")
             .fetch_optional(&mut *conn)
@@ -77,7 +77,7 @@ async fn write_in(
         .await
         .map_err(RecordError::db("update sink_state"))?;
     let inserted = fresh.len() as u64;
-    Ok(SinkOutcome {
+    Ok(WriteOutcome {
         inserted,
         already_present: batch.ingest.len() as u64 - inserted,
     })
