@@ -2,132 +2,18 @@
 //! Prometheus metrics.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
-
-use tally_raft::types::LogId;
+use serde_json::json;
+use tally_protocol::NodeStatus;
 
 use crate::error::ApiError;
 use crate::AppState;
 
-fn index(l: &Option<LogId>) -> Option<u64> {
-    l.as_ref().map(|l| l.index)
-}
-
 pub async fn get_cluster(State(app): State<AppState>) -> Response {
-    let node = &app.node;
-    let m = node.metrics();
-    let replication = m.replication.clone().unwrap_or_default();
-    let membership = m.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let members: Vec<Value> = membership
-        .nodes()
-        .map(|(id, n)| {
-            json!({
-                "id": id,
-                "addr": n.addr,
-                "role": n.role().as_str(),
-                "voter": voters.contains(id),
-                "matched_index": replication.get(id).map(index).unwrap_or(None),
-            })
-        })
-        .collect();
-    let (applied_index, stats, snapshot_floor) = {
-        let applied = node.state.read();
-        (
-            applied.applied_index(),
-            applied.state.stats(),
-            applied.snapshot_floor,
-        )
-    };
-    let sync = node.log.sync_stats();
-    let log = node.log.log_stats();
-    let snapshots: Vec<Value> = node
-        .snapshot_files()
-        .into_iter()
-        .map(|s| json!({"index": s.order, "id": s.id, "bytes": s.size}))
-        .collect();
-    let ingest = node.ingest.stats();
-    axum::Json(json!({
-        "node_id": node.id,
-        "role": node.role.as_str(),
-        "raft_state": format!("{:?}", m.state),
-        "leader_id": m.current_leader,
-        "term": m.current_term,
-        "last_log_index": m.last_log_index,
-        "committed_index": index(&m.local_committed),
-        "cluster_committed_index": index(&m.cluster_committed),
-        "applied_index": applied_index,
-        "snapshot_index": index(&m.snapshot),
-        "purged_index": index(&m.purged),
-        "members": members,
-        "log": {
-            "first_index": log.first_index,
-            "last_index": log.last_index,
-            "entries": log.entries,
-            "fsyncs": sync.fsyncs,
-            "synced_index": sync.synced_last_index,
-        },
-        "snapshots": snapshots,
-        "retention": {
-            // What every data member holds in a snapshot: the witness purges up to here.
-            "snapshot_floor": snapshot_floor,
-            "witness_max_log_entries": node.options.witness_max_log_entries,
-        },
-        "state": {
-            "buckets_minute": stats.buckets_minute,
-            "buckets_hour": stats.buckets_hour,
-            "buckets_day": stats.buckets_day,
-            "dedup_ids": stats.dedup_ids,
-            "events_applied": stats.events_applied,
-        },
-        "ingest": {
-            "requests": ingest.requests.load(Ordering::Relaxed),
-            "events": ingest.events.load(Ordering::Relaxed),
-            "entries": ingest.entries.load(Ordering::Relaxed),
-            "rejected_overload": ingest.rejected_overload.load(Ordering::Relaxed),
-        },
-        "sink": sink_json(node),
-    }))
-    .into_response()
-}
-
-fn sink_json(node: &tally_raft::Node) -> Value {
-    if !node.has_record_store() {
-        return json!({"enabled": false});
-    }
-    let (status, applied) = {
-        let a = node.state.read();
-        (a.state.pending_status(), a.applied_index())
-    };
-    let watermark = status
-        .oldest_pending_index
-        .map_or(applied, |o| o.saturating_sub(1));
-    let report = node.sink.report();
-    json!({
-        "enabled": true,
-        "active": report.active,
-        "connected": node.records().is_some(),
-        "replicated_cursor": status.cursor,
-        "store_cursor": report.store_cursor,
-        "watermark": watermark,
-        "lag_entries": applied.saturating_sub(watermark),
-        "pending_events": status.pending_events,
-        "oldest_pending_index": status.oldest_pending_index,
-        "dropped_events": status.dropped_events,
-        "max_backlog_events": node.options.sink.max_backlog_events,
-        "events_written": report.events_written,
-        "events_already_present": report.events_already_present,
-        "transactions": report.transactions,
-        "last_write_ms": report.last_write_ms,
-        "last_error": report.last_error,
-        "last_error_ms": report.last_error_ms,
-        "consecutive_errors": report.consecutive_errors,
-    })
+    axum::Json(app.node.status()).into_response()
 }
 
 pub async fn post_init(State(app): State<AppState>) -> Response {
@@ -152,6 +38,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     let m = app.node.metrics();
     let applied = app.node.state.read().applied_index();
     // Caught up with what the cluster committed, not just with what reached this node.
+    let index = |l: &Option<tally_raft::types::LogId>| l.as_ref().map(|l| l.index);
     let committed = index(&m.cluster_committed)
         .max(index(&m.local_committed))
         .unwrap_or(0);
@@ -181,13 +68,12 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let node = &app.node;
-    let m = node.metrics();
-    let applied = node.state.read();
-    let stats = applied.state.stats();
-    let sync = node.log.sync_stats();
-    let log = node.log.log_stats();
-    let ingest = node.ingest.stats();
+    let out = render_metrics(&app.node.status());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The Prometheus text format of a node's status.
+fn render_metrics(s: &NodeStatus) -> String {
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
         let _ = writeln!(
@@ -195,157 +81,156 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
-    gauge(
-        "tally_raft_is_leader",
-        "1 if this node is the Raft leader.",
-        "gauge",
-        u64::from(node.is_leader()),
-    );
-    gauge(
-        "tally_raft_term",
-        "Current Raft term.",
-        "gauge",
-        m.current_term,
-    );
-    gauge(
-        "tally_raft_last_log_index",
-        "Last index in the local log.",
-        "gauge",
-        m.last_log_index.unwrap_or(0),
-    );
-    gauge(
-        "tally_raft_committed_index",
-        "Committed index known here.",
-        "gauge",
-        index(&m.local_committed).unwrap_or(0),
-    );
-    gauge(
-        "tally_raft_applied_index",
-        "Index applied to the state machine.",
-        "gauge",
-        applied.applied_index(),
-    );
-    gauge(
-        "tally_log_entries",
-        "Entries held in the local Raft log.",
-        "gauge",
-        log.entries,
-    );
-    gauge(
-        "tally_log_first_index",
-        "First index held in the local Raft log.",
-        "gauge",
-        log.first_index.unwrap_or(0),
-    );
-    gauge(
-        "tally_raft_snapshot_floor",
-        "Index every data member holds in a snapshot (the witness purges up to it).",
-        "gauge",
-        applied.snapshot_floor,
-    );
-    gauge(
-        "tally_log_fsyncs_total",
-        "fsync calls made by the Raft log store.",
-        "counter",
-        sync.fsyncs,
-    );
-    gauge(
-        "tally_log_synced_index",
-        "Highest log index known durable on disk.",
-        "gauge",
-        sync.synced_last_index.unwrap_or(0),
-    );
-    gauge(
-        "tally_ingest_requests_total",
-        "Ingest requests proposed by this node as leader.",
-        "counter",
-        ingest.requests.load(Ordering::Relaxed),
-    );
-    gauge(
-        "tally_ingest_events_total",
-        "Events proposed by this node as leader.",
-        "counter",
-        ingest.events.load(Ordering::Relaxed),
-    );
-    gauge(
-        "tally_ingest_entries_total",
-        "Raft entries proposed for ingest (group commits).",
-        "counter",
-        ingest.entries.load(Ordering::Relaxed),
-    );
-    gauge(
-        "tally_ingest_rejected_overload_total",
-        "Ingest requests refused because the queue was full.",
-        "counter",
-        ingest.rejected_overload.load(Ordering::Relaxed),
-    );
-    gauge(
-        "tally_state_events_applied_total",
-        "Distinct events counted by this node's state.",
-        "counter",
-        stats.events_applied,
-    );
-    gauge(
-        "tally_state_dedup_ids",
-        "Event ids remembered in the dedup window.",
-        "gauge",
-        stats.dedup_ids as u64,
-    );
-    gauge(
-        "tally_state_buckets_minute",
-        "Minute buckets held in memory.",
-        "gauge",
-        stats.buckets_minute as u64,
-    );
-    gauge(
-        "tally_state_buckets_hour",
-        "Hour buckets held in memory.",
-        "gauge",
-        stats.buckets_hour as u64,
-    );
-    gauge(
-        "tally_state_buckets_day",
-        "Day buckets held in memory.",
-        "gauge",
-        stats.buckets_day as u64,
-    );
-    let sink_status = applied.state.pending_status();
-    let report = node.sink.report();
-    gauge(
-        "tally_sink_pending_events",
-        "Counted events not yet confirmed in the record store.",
-        "gauge",
-        sink_status.pending_events as u64,
-    );
-    gauge(
-        "tally_sink_replicated_cursor",
-        "Log index up to which the record store holds every event (replicated).",
-        "gauge",
-        sink_status.cursor,
-    );
-    gauge(
-        "tally_sink_active",
-        "1 while this node's sink writes (leader with a record store).",
-        "gauge",
-        u64::from(report.active),
-    );
-    gauge(
-        "tally_sink_events_written_total",
-        "Events this node's sink inserted into the record store.",
-        "counter",
-        report.events_written,
-    );
-    gauge(
-        "tally_sink_consecutive_errors",
-        "Record-store errors since the last success.",
-        "gauge",
-        report.consecutive_errors,
-    );
-    gauge(
-        "tally_sink_dropped_events_total",
-        "Events dropped from the sink queue at its cap (no record store draining it).",
-        "counter",
-        sink_status.dropped_events,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let sink = s.sink.detail.clone().unwrap_or_default();
+    let metrics: &[(&str, &str, &str, u64)] = &[
+        (
+            "tally_raft_is_leader",
+            "1 if this node is the Raft leader.",
+            "gauge",
+            u64::from(s.is_leader()),
+        ),
+        ("tally_raft_term", "Current Raft term.", "gauge", s.term),
+        (
+            "tally_raft_last_log_index",
+            "Last index in the local log.",
+            "gauge",
+            s.last_log_index.unwrap_or(0),
+        ),
+        (
+            "tally_raft_committed_index",
+            "Committed index known here.",
+            "gauge",
+            s.committed_index.unwrap_or(0),
+        ),
+        (
+            "tally_raft_applied_index",
+            "Index applied to the state machine.",
+            "gauge",
+            s.applied_index,
+        ),
+        (
+            "tally_log_entries",
+            "Entries held in the local Raft log.",
+            "gauge",
+            s.log.entries,
+        ),
+        (
+            "tally_log_first_index",
+            "First index held in the local Raft log.",
+            "gauge",
+            s.log.first_index.unwrap_or(0),
+        ),
+        (
+            "tally_raft_snapshot_floor",
+            "Index every data member holds in a snapshot (the witness purges up to it).",
+            "gauge",
+            s.retention.snapshot_floor,
+        ),
+        (
+            "tally_log_fsyncs_total",
+            "fsync calls made by the Raft log store.",
+            "counter",
+            s.log.fsyncs,
+        ),
+        (
+            "tally_log_synced_index",
+            "Highest log index known durable on disk.",
+            "gauge",
+            s.log.synced_index.unwrap_or(0),
+        ),
+        (
+            "tally_ingest_requests_total",
+            "Ingest requests proposed by this node as leader.",
+            "counter",
+            s.ingest.requests,
+        ),
+        (
+            "tally_ingest_events_total",
+            "Events proposed by this node as leader.",
+            "counter",
+            s.ingest.events,
+        ),
+        (
+            "tally_ingest_entries_total",
+            "Raft entries proposed for ingest (group commits).",
+            "counter",
+            s.ingest.entries,
+        ),
+        (
+            "tally_ingest_rejected_overload_total",
+            "Ingest requests refused because the queue was full.",
+            "counter",
+            s.ingest.rejected_overload,
+        ),
+        (
+            "tally_state_events_applied_total",
+            "Distinct events counted by this node's state.",
+            "counter",
+            s.state.events_applied,
+        ),
+        (
+            "tally_state_dedup_ids",
+            "Event ids remembered in the dedup window.",
+            "gauge",
+            s.state.dedup_ids,
+        ),
+        (
+            "tally_state_buckets_minute",
+            "Minute buckets held in memory.",
+            "gauge",
+            s.state.buckets_minute,
+        ),
+        (
+            "tally_state_buckets_hour",
+            "Hour buckets held in memory.",
+            "gauge",
+            s.state.buckets_hour,
+        ),
+        (
+            "tally_state_buckets_day",
+            "Day buckets held in memory.",
+            "gauge",
+            s.state.buckets_day,
+        ),
+        (
+            "tally_sink_pending_events",
+            "Counted events not yet confirmed in the record store.",
+            "gauge",
+            s.sink.pending_events,
+        ),
+        (
+            "tally_sink_replicated_cursor",
+            "Log index up to which the record store holds every event (replicated).",
+            "gauge",
+            s.sink.replicated_cursor,
+        ),
+        (
+            "tally_sink_active",
+            "1 while this node's sink writes (leader with a record store).",
+            "gauge",
+            u64::from(sink.active),
+        ),
+        (
+            "tally_sink_events_written_total",
+            "Events this node's sink inserted into the record store.",
+            "counter",
+            sink.events_written,
+        ),
+        (
+            "tally_sink_consecutive_errors",
+            "Record-store errors since the last success.",
+            "gauge",
+            sink.consecutive_errors,
+        ),
+        (
+            "tally_sink_dropped_events_total",
+            "Events dropped from the sink queue at its cap (no record store draining it).",
+            "counter",
+            s.sink.dropped_events,
+        ),
+    ];
+    for &(name, help, kind, value) in metrics {
+        gauge(name, help, kind, value);
+    }
+    out
 }

@@ -22,6 +22,7 @@ pub mod plant;
 pub mod rpc;
 pub mod sink;
 pub mod state_machine;
+pub mod status;
 pub mod types;
 
 pub use batcher::{BatcherConfig, IngestAck, IngestError};

@@ -46,37 +46,7 @@ impl fmt::Display for TallyNode {
     }
 }
 
-/// What a node does with committed entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Applies every entry to the analytic state, builds snapshots, serves reads.
-    Data,
-    /// Stores the log and votes; applies nothing.
-    Witness,
-}
-
-impl Role {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Role::Data => "data",
-            Role::Witness => "witness",
-        }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "data" => Ok(Role::Data),
-            "witness" => Ok(Role::Witness),
-            other => Err(format!(
-                "unknown role {other:?}: expected \"data\" or \"witness\""
-            )),
-        }
-    }
-}
+pub use tally_protocol::Role;
 
 /// The application payload of a Raft entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,304 @@
+//! `GET /v1/cluster`: one node's view of itself and of the cluster.
+
+use serde::{Deserialize, Serialize};
+
+/// What a node does with committed entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Applies every entry to the analytic state, builds snapshots, serves reads.
+    Data,
+    /// Stores the log and votes; applies nothing.
+    Witness,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::Witness => "witness",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "data" => Ok(Role::Data),
+            "witness" => Ok(Role::Witness),
+            other => Err(format!(
+                "unknown role {other:?}: expected \"data\" or \"witness\""
+            )),
+        }
+    }
+}
+
+/// The node's Raft server state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftState {
+    /// Receives the log but does not vote (a node being added).
+    Learner,
+    Follower,
+    Candidate,
+    Leader,
+    /// Raft has stopped on this node (shutdown, or a fatal storage error).
+    Shutdown,
+}
+
+impl RaftState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RaftState::Learner => "Learner",
+            RaftState::Follower => "Follower",
+            RaftState::Candidate => "Candidate",
+            RaftState::Leader => "Leader",
+            RaftState::Shutdown => "Shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for RaftState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: Role,
+    pub raft_state: RaftState,
+    /// The leader as this node knows it.
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// Committed index known to this node's log.
+    pub committed_index: Option<u64>,
+    /// Committed index of the cluster (the leader's view; a follower learns it with heartbeats).
+    pub cluster_committed_index: Option<u64>,
+    /// Index applied to this node's state machine.
+    pub applied_index: u64,
+    /// Index covered by this node's newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which this node's log is purged.
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    pub log: LogStatus,
+    /// Snapshot files on disk, oldest first.
+    pub snapshots: Vec<SnapshotFileStatus>,
+    pub retention: RetentionStatus,
+    pub state: StateStatus,
+    pub ingest: IngestStatus,
+    pub sink: SinkStatus,
+}
+
+impl NodeStatus {
+    pub fn is_leader(&self) -> bool {
+        self.raft_state == RaftState::Leader
+    }
+
+    /// The member with this id, from this node's membership.
+    pub fn member(&self, id: u64) -> Option<&MemberStatus> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The voters of this node's membership.
+    pub fn voters(&self) -> impl Iterator<Item = &MemberStatus> {
+        self.members.iter().filter(|m| m.voter)
+    }
+}
+
+/// One member of the cluster as this node's membership lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    /// `host:port` peers reach it at.
+    pub addr: String,
+    pub role: Role,
+    /// A voter (else a learner being caught up).
+    pub voter: bool,
+    /// Last log index known replicated to it; only the leader knows (`None` elsewhere).
+    pub matched_index: Option<u64>,
+}
+
+/// The local Raft log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStatus {
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    pub entries: u64,
+    /// Completed flush + fsync rounds since the node started.
+    pub fsyncs: u64,
+    /// Highest index known durable on disk.
+    pub synced_index: Option<u64>,
+}
+
+/// One snapshot file on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFileStatus {
+    /// The log index it covers.
+    pub index: u64,
+    pub id: String,
+    pub bytes: u64,
+}
+
+/// What the witness may purge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionStatus {
+    /// Every data member holds a snapshot covering this index: the witness purges up to here.
+    pub snapshot_floor: u64,
+    /// Past this many entries the witness purges beyond the floor.
+    pub witness_max_log_entries: u64,
+}
+
+/// The analytic state held in memory (zero on a witness).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateStatus {
+    pub buckets_minute: u64,
+    pub buckets_hour: u64,
+    pub buckets_day: u64,
+    pub dedup_ids: u64,
+    /// Distinct events counted since the state began.
+    pub events_applied: u64,
+}
+
+/// Ingest proposed by this node while it led.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestStatus {
+    pub requests: u64,
+    pub events: u64,
+    /// Raft entries proposed (group commits).
+    pub entries: u64,
+    /// Requests refused because the queue was full.
+    pub rejected_overload: u64,
+}
+
+/// The record-store sink and the pending queue it drains.
+///
+/// A data node without a record store still queues counted events (bounded by dropping
+/// the oldest), so the queue's figures are always there; the rest only with a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// This node has a record store.
+    pub enabled: bool,
+    /// Log index up to which the record store holds every event, as replicated.
+    pub replicated_cursor: u64,
+    /// Counted events not yet confirmed in the store.
+    pub pending_events: u64,
+    pub oldest_pending_index: Option<u64>,
+    /// Events dropped at the pending queue's cap (never written).
+    pub dropped_events: u64,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<SinkDetail>,
+}
+
+/// Where the record-store sink stands (nodes with a record store).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkDetail {
+    /// This node's sink is writing (it leads and has a record store).
+    pub active: bool,
+    /// The record store has been reached at least once.
+    pub connected: bool,
+    /// The store's cursor as this node last read or wrote it.
+    pub store_cursor: Option<u64>,
+    /// Index up to which the store is known complete.
+    pub watermark: u64,
+    /// Applied entries beyond the watermark.
+    pub lag_entries: u64,
+    /// Pending events beyond which ingest answers 503.
+    pub max_backlog_events: u64,
+    pub events_written: u64,
+    pub events_already_present: u64,
+    pub transactions: u64,
+    pub last_write_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    pub consecutive_errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(sink: SinkStatus) -> NodeStatus {
+        NodeStatus {
+            node_id: 1,
+            role: Role::Data,
+            raft_state: RaftState::Leader,
+            leader_id: Some(1),
+            term: 3,
+            last_log_index: Some(10),
+            committed_index: Some(10),
+            cluster_committed_index: Some(10),
+            applied_index: 10,
+            snapshot_index: None,
+            purged_index: None,
+            members: vec![MemberStatus {
+                id: 1,
+                addr: "127.0.0.1:7101".into(),
+                role: Role::Data,
+                voter: true,
+                matched_index: Some(10),
+            }],
+            log: LogStatus::default(),
+            snapshots: vec![],
+            retention: RetentionStatus::default(),
+            state: StateStatus::default(),
+            ingest: IngestStatus::default(),
+            sink,
+        }
+    }
+
+    #[test]
+    fn a_disabled_sink_shows_only_its_queue() {
+        let json = serde_json::to_value(sample(SinkStatus::default())).unwrap();
+        assert_eq!(
+            json["sink"],
+            serde_json::json!({"enabled": false, "replicated_cursor": 0, "pending_events": 0,
+                "oldest_pending_index": null, "dropped_events": 0})
+        );
+        assert_eq!(json["raft_state"], "Leader");
+        assert_eq!(json["role"], "data");
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.sink, SinkStatus::default());
+    }
+
+    #[test]
+    fn an_enabled_sink_round_trips_flat() {
+        let detail = SinkDetail {
+            active: true,
+            connected: true,
+            watermark: 7,
+            last_error: Some("boom".into()),
+            ..Default::default()
+        };
+        let status = sample(SinkStatus {
+            enabled: true,
+            pending_events: 3,
+            detail: Some(detail),
+            ..Default::default()
+        });
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["sink"]["enabled"], true);
+        assert_eq!(json["sink"]["watermark"], 7);
+        assert_eq!(json["sink"]["last_error"], "boom");
+        assert_eq!(json["sink"]["pending_events"], 3);
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn roles_parse_and_print() {
+        assert_eq!("witness".parse::<Role>().unwrap(), Role::Witness);
+        assert!("leader".parse::<Role>().is_err());
+        assert_eq!(Role::Data.to_string(), "data");
+    }
+}

@@ -1,0 +1,138 @@
+//! The node's status ([`NodeStatus`]), gathered once for `/v1/cluster`, `/metrics` and the
+//! peers' snapshot-floor queries.
+
+use std::sync::atomic::Ordering;
+
+use openraft::ServerState;
+use tally_protocol::{
+    IngestStatus, LogStatus, MemberStatus, NodeStatus, RaftState, RetentionStatus, SinkDetail,
+    SinkStatus, SnapshotFileStatus, StateStatus,
+};
+
+use crate::node::Node;
+use crate::types::LogId;
+
+fn index(l: &Option<LogId>) -> Option<u64> {
+    l.as_ref().map(|l| l.index)
+}
+
+fn raft_state(s: ServerState) -> RaftState {
+    match s {
+        ServerState::Learner => RaftState::Learner,
+        ServerState::Follower => RaftState::Follower,
+        ServerState::Candidate => RaftState::Candidate,
+        ServerState::Leader => RaftState::Leader,
+        ServerState::Shutdown => RaftState::Shutdown,
+    }
+}
+
+impl Node {
+    /// Everything this node knows about itself and the cluster, as one value.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.metrics();
+        let replication = m.replication.clone().unwrap_or_default();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| MemberStatus {
+                id: *id,
+                addr: n.addr.clone(),
+                role: n.role(),
+                voter: voters.contains(id),
+                matched_index: replication.get(id).and_then(index),
+            })
+            .collect();
+        let (applied_index, stats, snapshot_floor, pending) = {
+            let applied = self.state.read();
+            (
+                applied.applied_index(),
+                applied.state.stats(),
+                applied.snapshot_floor,
+                applied.state.pending_status(),
+            )
+        };
+        let sync = self.log.sync_stats();
+        let log = self.log.log_stats();
+        let snapshots = self
+            .snapshot_files()
+            .into_iter()
+            .map(|s| SnapshotFileStatus {
+                index: s.order,
+                id: s.id,
+                bytes: s.size,
+            })
+            .collect();
+        let ingest = self.ingest.stats();
+        let enabled = self.has_record_store();
+        let watermark = pending
+            .oldest_pending_index
+            .map_or(applied_index, |o| o.saturating_sub(1));
+        let detail = enabled.then(|| {
+            let report = self.sink.report();
+            SinkDetail {
+                active: report.active,
+                connected: self.records().is_some(),
+                store_cursor: report.store_cursor,
+                watermark,
+                lag_entries: applied_index.saturating_sub(watermark),
+                max_backlog_events: self.options.sink.max_backlog_events as u64,
+                events_written: report.events_written,
+                events_already_present: report.events_already_present,
+                transactions: report.transactions,
+                last_write_ms: report.last_write_ms,
+                last_error: report.last_error,
+                last_error_ms: report.last_error_ms,
+                consecutive_errors: report.consecutive_errors,
+            }
+        });
+        let sink = SinkStatus {
+            enabled,
+            replicated_cursor: pending.cursor,
+            pending_events: pending.pending_events as u64,
+            oldest_pending_index: pending.oldest_pending_index,
+            dropped_events: pending.dropped_events,
+            detail,
+        };
+        NodeStatus {
+            node_id: self.id,
+            role: self.role,
+            raft_state: raft_state(m.state),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed_index: index(&m.local_committed),
+            cluster_committed_index: index(&m.cluster_committed),
+            applied_index,
+            snapshot_index: index(&m.snapshot),
+            purged_index: index(&m.purged),
+            members,
+            log: LogStatus {
+                first_index: log.first_index,
+                last_index: log.last_index,
+                entries: log.entries,
+                fsyncs: sync.fsyncs,
+                synced_index: sync.synced_last_index,
+            },
+            snapshots,
+            retention: RetentionStatus {
+                snapshot_floor,
+                witness_max_log_entries: self.options.witness_max_log_entries,
+            },
+            state: StateStatus {
+                buckets_minute: stats.buckets_minute as u64,
+                buckets_hour: stats.buckets_hour as u64,
+                buckets_day: stats.buckets_day as u64,
+                dedup_ids: stats.dedup_ids as u64,
+                events_applied: stats.events_applied,
+            },
+            ingest: IngestStatus {
+                requests: ingest.requests.load(Ordering::Relaxed),
+                events: ingest.events.load(Ordering::Relaxed),
+                entries: ingest.entries.load(Ordering::Relaxed),
+                rejected_overload: ingest.rejected_overload.load(Ordering::Relaxed),
+            },
+            sink,
+        }
+    }
+}
