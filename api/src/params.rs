@@ -142,7 +142,8 @@ pub struct SqlQuery {
     pub min_index: Option<u64>,
 }
 
-/// `POST /v1/sql` as sent. (Serde names the struct in some of its messages: keep the name.)
+/// `POST /v1/sql` as sent. (Named as before the move, like the other bodies here: serde puts a
+/// struct's name in some of its messages.)
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SqlRequest {
