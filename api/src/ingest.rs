@@ -10,7 +10,7 @@ use std::time::Duration;
 use tally_raft::now_ms;
 
 use tally_analytics::BodyFormat;
-use tally_raft::IngestError;
+use tally_raft::{IngestError, NotLeader};
 
 use crate::error::ApiError;
 use crate::forward::forwarded_by;
@@ -69,7 +69,7 @@ async fn handle(
             })),
         )
             .into_response()),
-        Err(IngestError::NotLeader { leader: Some((id, node)) }) if id != app.node.id => {
+        Err(IngestError::NotLeader(NotLeader { leader: Some((id, node)) })) if id != app.node.id => {
             let chain = forwarded_by(&headers);
             if chain.len() >= MAX_INGEST_HOPS || chain.contains(&Some(id)) {
                 return Err(ApiError::unavailable(
@@ -92,7 +92,7 @@ async fn handle(
                 .forward_watching_leader(&app.node, &node.addr, Method::POST, path, &headers, bytes)
                 .await)
         }
-        Err(IngestError::NotLeader { .. }) => Err(ApiError::unavailable(
+        Err(IngestError::NotLeader(_)) => Err(ApiError::unavailable(
             "no_leader",
             "no leader is known right now (election in progress or no quorum); retry",
         )),

@@ -16,8 +16,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use tally_protocol::NodeStatus;
 use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
-use tally_raft::{NodeId, Role, TallyNode};
+use tally_raft::{NodeId, NotLeader, Role, TallyNode};
 
 use crate::error::ApiError;
 use crate::forward::was_forwarded;
@@ -163,7 +164,7 @@ fn parse_add(bytes: &[u8]) -> Result<AddMember, ApiError> {
         }
         _ => {}
     }
-    membership::validate_addr(&body.addr).map_err(ApiError::bad_request)?;
+    membership::validate_addr(&body.addr).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let role: Role = body.role.parse().map_err(ApiError::bad_request)?;
     let node = match role {
         Role::Data => TallyNode::data(body.addr),
@@ -251,7 +252,7 @@ async fn finish(
             }
             Ok(axum::Json(answer).into_response())
         }
-        Err(MembershipError::NotLeader { leader }) => {
+        Err(MembershipError::NotLeader(NotLeader { leader })) => {
             Ok(to_leader(app, headers, method, path, body, leader).await)
         }
         Err(e) => Err(api_error(e)),
@@ -280,7 +281,7 @@ fn api_error(e: MembershipError) -> ApiError {
             e.retry_after = Some(1);
             e
         }
-        MembershipError::CatchUpPending(_) => {
+        MembershipError::CatchUpPending { .. } => {
             let mut e = ApiError::unavailable("catch_up_pending", message);
             e.retry_after = Some(5);
             e
@@ -289,7 +290,7 @@ fn api_error(e: MembershipError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "target_not_ready", message)
         }
         MembershipError::Timeout(_) => ApiError::unavailable("outcome_unknown", message),
-        MembershipError::NotLeader { .. } => ApiError::unavailable("not_leader", message),
+        MembershipError::NotLeader(_) => ApiError::unavailable("not_leader", message),
         MembershipError::Raft(_) => ApiError::unavailable("unavailable", message),
     }
 }
@@ -353,24 +354,23 @@ async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
             resp.status()
         )));
     }
-    let status: Value = resp
+    let status: NodeStatus = resp
         .json()
         .await
         .map_err(|e| unreachable(format!("{addr} did not answer like a Tally node: {e}")))?;
-    let (id, role) = (status["node_id"].as_u64(), status["role"].as_str());
-    if id != Some(req.id) {
+    if status.node_id != req.id {
         return Err(ApiError::bad_request(format!(
             "the node at {addr} is node {}, not node {}",
-            id.map_or("?".to_string(), |i| i.to_string()),
-            req.id
+            status.node_id, req.id
         )));
     }
-    let wanted = req.node.role().as_str();
-    if role != Some(wanted) {
+    let wanted = req.node.role();
+    if status.role != wanted {
         return Err(ApiError::bad_request(format!(
-            "node {} at {addr} runs as {}, but the request says role {wanted:?}",
+            "node {} at {addr} runs as {}, but the request says role {:?}",
             req.id,
-            role.unwrap_or("?")
+            status.role.as_str(),
+            wanted.as_str()
         )));
     }
     Ok(())
