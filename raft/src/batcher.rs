@@ -230,8 +230,9 @@ async fn run(
             drop(permit);
         });
     }
-    // Requests still queued get "shutting down" when `rx` drops; those in flight are
-    // answered once their proposal ends (Raft stops first, so it ends promptly).
+    // Requests still queued were never proposed: when `rx` drops they are answered with an
+    // unknown outcome (retrying them is safe). Those in flight are answered once their
+    // proposal ends (the node stops Raft first, so that is prompt).
     while commits.join_next().await.is_some() {}
 }
 
