@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tally_raft::now_ms;
 
-use tally_raft::IngestError;
+use tally_raft::{IngestError, NotLeader};
 
 use crate::error::ApiError;
 use crate::forward::forwarded_by;
@@ -61,7 +61,7 @@ async fn handle(
             })),
         )
             .into_response()),
-        Err(IngestError::NotLeader { leader: Some((id, node)) }) if id != app.node.id => {
+        Err(IngestError::NotLeader(NotLeader { leader: Some((id, node)) })) if id != app.node.id => {
             let chain = forwarded_by(&headers);
             if chain.len() >= MAX_INGEST_HOPS || chain.contains(&Some(id)) {
                 return Err(ApiError::unavailable(
@@ -84,7 +84,7 @@ async fn handle(
                 .forward_watching_leader(&app.node, &node.addr, Method::POST, path, &headers, bytes)
                 .await)
         }
-        Err(IngestError::NotLeader { .. }) => Err(ApiError::unavailable(
+        Err(IngestError::NotLeader(_)) => Err(ApiError::unavailable(
             "no_leader",
             "no leader is known right now (election in progress or no quorum); retry",
         )),

@@ -108,6 +108,10 @@ pub fn router(state: AppState) -> Router {
             tally_raft::rpc::path::TRANSFER_LEADER,
             post(raft_rpc::transfer_leader),
         )
+        .route(
+            tally_raft::rpc::path::SNAPSHOT_INDEX,
+            post(raft_rpc::snapshot_index),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Bodies are read with explicit limits in the handlers (`read_body`), which answer
         // with our JSON 413 rather than axum's plain-text one.

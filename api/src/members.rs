@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use tally_protocol::NodeStatus;
 use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
-use tally_raft::{NodeId, TallyNode};
+use tally_raft::{NodeId, NotLeader, TallyNode};
 
 use crate::error::ApiError;
 use crate::forward::was_forwarded;
@@ -168,7 +169,7 @@ async fn finish(
             }
             Ok(axum::Json(answer).into_response())
         }
-        Err(MembershipError::NotLeader { leader }) => {
+        Err(MembershipError::NotLeader(NotLeader { leader })) => {
             Ok(to_leader(app, headers, method, path, body, leader).await)
         }
         Err(e) => Err(api_error(e)),
@@ -197,7 +198,7 @@ fn api_error(e: MembershipError) -> ApiError {
             e.retry_after = Some(1);
             e
         }
-        MembershipError::CatchUpPending(_) => {
+        MembershipError::CatchUpPending { .. } => {
             let mut e = ApiError::unavailable("catch_up_pending", message);
             e.retry_after = Some(5);
             e
@@ -206,7 +207,7 @@ fn api_error(e: MembershipError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "target_not_ready", message)
         }
         MembershipError::Timeout(_) => ApiError::unavailable("outcome_unknown", message),
-        MembershipError::NotLeader { .. } => ApiError::unavailable("not_leader", message),
+        MembershipError::NotLeader(_) => ApiError::unavailable("not_leader", message),
         MembershipError::Raft(_) => ApiError::unavailable("unavailable", message),
     }
 }
@@ -270,24 +271,23 @@ async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
             resp.status()
         )));
     }
-    let status: Value = resp
+    let status: NodeStatus = resp
         .json()
         .await
         .map_err(|e| unreachable(format!("{addr} did not answer like a Tally node: {e}")))?;
-    let (id, role) = (status["node_id"].as_u64(), status["role"].as_str());
-    if id != Some(req.id) {
+    if status.node_id != req.id {
         return Err(ApiError::bad_request(format!(
             "the node at {addr} is node {}, not node {}",
-            id.map_or("?".to_string(), |i| i.to_string()),
-            req.id
+            status.node_id, req.id
         )));
     }
-    let wanted = req.node.role().as_str();
-    if role != Some(wanted) {
+    let wanted = req.node.role();
+    if status.role != wanted {
         return Err(ApiError::bad_request(format!(
-            "node {} at {addr} runs as {}, but the request says role {wanted:?}",
+            "node {} at {addr} runs as {}, but the request says role {:?}",
             req.id,
-            role.unwrap_or("?")
+            status.role.as_str(),
+            wanted.as_str()
         )));
     }
     Ok(())

@@ -303,7 +303,7 @@ pub fn add_member(bytes: &[u8]) -> ApiResult<AddMember> {
         }
         _ => {}
     }
-    membership::validate_addr(&body.addr).map_err(ApiError::bad_request)?;
+    membership::validate_addr(&body.addr).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let role: Role = body.role.parse().map_err(ApiError::bad_request)?;
     let node = match role {
         Role::Data => TallyNode::data(body.addr),
