@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tally_raft::now_ms;
 
-use tally_analytics::BodyFormat;
-use tally_raft::IngestError;
+use tally_raft::{IngestError, NotLeader};
 
 use crate::error::ApiError;
 use crate::forward::forwarded_by;
+use crate::params;
 
 /// Forwarding hops an ingest request may take: to the leader a node knows, and once more
 /// if that node has just handed leadership over.
@@ -38,20 +38,12 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    for key in params.keys() {
-        if key != "redirect" {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter {key:?} (only \"redirect\" is accepted)"
-            )));
-        }
-    }
-    let redirect = params.contains_key("redirect");
+    let query = params::events_query(&params)?;
     let bytes = read_body(body, app.limits.max_body_bytes).await?;
-    let format = body_format(&headers)?;
+    let format = params::body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
     // and changes nothing anywhere.
-    let events = tally_analytics::parse_events(&bytes, format).map_err(invalid)?;
-    tally_analytics::check_future_skew(&events, now_ms()).map_err(invalid)?;
+    let events = params::events(&bytes, format, now_ms())?;
 
     // While an election runs (a leader just died or handed over), hold the request for
     // up to one election timeout rather than bounce it with a 503 at once.
@@ -69,7 +61,7 @@ async fn handle(
             })),
         )
             .into_response()),
-        Err(IngestError::NotLeader { leader: Some((id, node)) }) if id != app.node.id => {
+        Err(IngestError::NotLeader(NotLeader { leader: Some((id, node)) })) if id != app.node.id => {
             let chain = forwarded_by(&headers);
             if chain.len() >= MAX_INGEST_HOPS || chain.contains(&Some(id)) {
                 return Err(ApiError::unavailable(
@@ -78,7 +70,7 @@ async fn handle(
                 ));
             }
             let path = "/v1/events";
-            if redirect {
+            if query.redirect {
                 let location = format!("http://{}{path}", node.addr);
                 return Ok((
                     StatusCode::TEMPORARY_REDIRECT,
@@ -92,7 +84,7 @@ async fn handle(
                 .forward_watching_leader(&app.node, &node.addr, Method::POST, path, &headers, bytes)
                 .await)
         }
-        Err(IngestError::NotLeader { .. }) => Err(ApiError::unavailable(
+        Err(IngestError::NotLeader(_)) => Err(ApiError::unavailable(
             "no_leader",
             "no leader is known right now (election in progress or no quorum); retry",
         )),
@@ -117,38 +109,5 @@ async fn handle(
             format!("{m}; the events may or may not be counted: retry with the same event ids (duplicates are counted once)"),
         )),
         Err(IngestError::Unavailable(m)) => Err(ApiError::unavailable("unavailable", m)),
-    }
-}
-
-fn invalid(e: tally_analytics::BatchError) -> ApiError {
-    let details = e
-        .details
-        .iter()
-        .map(|d| json!({"record": d.record, "field": d.field, "message": d.message}))
-        .collect();
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_events", e.message).with_details(details)
-}
-
-fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(BodyFormat::Json);
-    };
-    let ct = ct
-        .to_str()
-        .map_err(|_| ApiError::bad_request("Content-Type is not valid text"))?;
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::Ndjson),
-        "application/json" | "" | "text/plain" => Ok(BodyFormat::Json),
-        other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Type {other:?} is not accepted: use application/json or application/x-ndjson"),
-        )),
     }
 }

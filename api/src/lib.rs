@@ -10,6 +10,9 @@
 //!   — membership changes and hand-over, run on the leader (others forward).
 //! * `/raft/*` — Raft RPC, bincode bodies, refused without the cluster secret.
 //!
+//! Each handler module parses its request through `params`: query strings, bodies and
+//! headers in, typed values or the client's `ApiError` out, with no I/O (unit-tested there).
+//!
 //! Nothing reachable from the network panics: every handler turns failures into a JSON
 //! error (`{"error": {"code", "message", "details"}}`) with a 4xx or 503.
 
@@ -18,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod ingest;
 pub mod members;
+mod params;
 pub mod raft_rpc;
 pub mod reads;
 pub mod sql;
@@ -103,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             tally_raft::rpc::path::TRANSFER_LEADER,
             post(raft_rpc::transfer_leader),
+        )
+        .route(
+            tally_raft::rpc::path::SNAPSHOT_INDEX,
+            post(raft_rpc::snapshot_index),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Bodies are read with explicit limits in the handlers (`read_body`), which answer

@@ -13,14 +13,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
+use tally_protocol::NodeStatus;
 use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
-use tally_raft::{NodeId, Role, TallyNode};
+use tally_raft::{NodeId, NotLeader, TallyNode};
 
 use crate::error::ApiError;
 use crate::forward::was_forwarded;
+use crate::params;
 use crate::{read_body, AppState};
 
 /// Membership request bodies are small.
@@ -28,39 +29,11 @@ const MAX_BODY: usize = 64 * 1024;
 /// How long the leader waits for a node it is about to add to say who it is.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddBody {
-    id: u64,
-    addr: String,
-    #[serde(default = "default_role")]
-    role: String,
-    #[serde(default = "default_true")]
-    voter: bool,
-    #[serde(default)]
-    replaces: Option<u64>,
-}
-
-fn default_role() -> String {
-    "data".into()
-}
-
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LeaderBody {
-    #[serde(default)]
-    to: Option<u64>,
-}
-
 /// `POST /v1/cluster/members`.
 pub async fn post_member(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let run = async {
         let bytes = read_body(body, MAX_BODY).await?;
-        let req = parse_add(&bytes)?;
+        let req = params::add_member(&bytes)?;
         if let Some(resp) = route(&app, &headers, Method::POST, "/v1/cluster/members", &bytes).await
         {
             return Ok(resp);
@@ -92,7 +65,7 @@ pub async fn delete_member(
     headers: HeaderMap,
 ) -> Response {
     let run = async {
-        let id = parse_id(&id)?;
+        let id = params::node_id(&id)?;
         let path = format!("/v1/cluster/members/{id}");
         if let Some(resp) = route(&app, &headers, Method::DELETE, &path, &Bytes::new()).await {
             return Ok(resp);
@@ -116,15 +89,7 @@ pub async fn delete_member(
 pub async fn post_leader(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let run = async {
         let bytes = read_body(body, MAX_BODY).await?;
-        let req: LeaderBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-            LeaderBody::default()
-        } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?
-        };
-        if req.to == Some(0) {
-            return Err(ApiError::bad_request("\"to\" must be a positive node id"));
-        }
+        let req = params::leader_body(&bytes)?;
         let path = "/v1/cluster/leader";
         if let Some(resp) = route(&app, &headers, Method::POST, path, &bytes).await {
             return Ok(resp);
@@ -137,53 +102,6 @@ pub async fn post_leader(State(app): State<AppState>, headers: HeaderMap, body: 
         finish(&app, &headers, Method::POST, path, &bytes, result, leader).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
-}
-
-fn parse_add(bytes: &[u8]) -> Result<AddMember, ApiError> {
-    let body: AddBody = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "invalid body: {e} (expected {{\"id\": N, \"addr\": \"host:port\", \"role\": \
-             \"data\"|\"witness\", \"voter\": true, \"replaces\": N}})"
-        ))
-    })?;
-    if body.id == 0 {
-        return Err(ApiError::bad_request("id must be a positive integer"));
-    }
-    match body.replaces {
-        Some(0) => return Err(ApiError::bad_request("replaces must be a positive node id")),
-        Some(old) if old == body.id => {
-            return Err(ApiError::bad_request(format!(
-                "node {old} cannot replace itself"
-            )))
-        }
-        Some(_) if !body.voter => {
-            return Err(ApiError::bad_request(
-                "\"replaces\" swaps voters: it needs \"voter\": true",
-            ))
-        }
-        _ => {}
-    }
-    membership::validate_addr(&body.addr).map_err(ApiError::bad_request)?;
-    let role: Role = body.role.parse().map_err(ApiError::bad_request)?;
-    let node = match role {
-        Role::Data => TallyNode::data(body.addr),
-        Role::Witness => TallyNode::witness(body.addr),
-    };
-    Ok(AddMember {
-        id: body.id,
-        node,
-        voter: body.voter,
-        replaces: body.replaces,
-    })
-}
-
-fn parse_id(s: &str) -> Result<NodeId, ApiError> {
-    match s.parse::<u64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(ApiError::bad_request(format!(
-            "{s:?} is not a node id (a positive integer)"
-        ))),
-    }
 }
 
 /// `None` on the leader; otherwise the answer of forwarding the request to the leader (or an
@@ -251,7 +169,7 @@ async fn finish(
             }
             Ok(axum::Json(answer).into_response())
         }
-        Err(MembershipError::NotLeader { leader }) => {
+        Err(MembershipError::NotLeader(NotLeader { leader })) => {
             Ok(to_leader(app, headers, method, path, body, leader).await)
         }
         Err(e) => Err(api_error(e)),
@@ -280,7 +198,7 @@ fn api_error(e: MembershipError) -> ApiError {
             e.retry_after = Some(1);
             e
         }
-        MembershipError::CatchUpPending(_) => {
+        MembershipError::CatchUpPending { .. } => {
             let mut e = ApiError::unavailable("catch_up_pending", message);
             e.retry_after = Some(5);
             e
@@ -289,7 +207,7 @@ fn api_error(e: MembershipError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "target_not_ready", message)
         }
         MembershipError::Timeout(_) => ApiError::unavailable("outcome_unknown", message),
-        MembershipError::NotLeader { .. } => ApiError::unavailable("not_leader", message),
+        MembershipError::NotLeader(_) => ApiError::unavailable("not_leader", message),
         MembershipError::Raft(_) => ApiError::unavailable("unavailable", message),
     }
 }
@@ -353,24 +271,23 @@ async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
             resp.status()
         )));
     }
-    let status: Value = resp
+    let status: NodeStatus = resp
         .json()
         .await
         .map_err(|e| unreachable(format!("{addr} did not answer like a Tally node: {e}")))?;
-    let (id, role) = (status["node_id"].as_u64(), status["role"].as_str());
-    if id != Some(req.id) {
+    if status.node_id != req.id {
         return Err(ApiError::bad_request(format!(
             "the node at {addr} is node {}, not node {}",
-            id.map_or("?".to_string(), |i| i.to_string()),
-            req.id
+            status.node_id, req.id
         )));
     }
-    let wanted = req.node.role().as_str();
-    if role != Some(wanted) {
+    let wanted = req.node.role();
+    if status.role != wanted {
         return Err(ApiError::bad_request(format!(
-            "node {} at {addr} runs as {}, but the request says role {wanted:?}",
+            "node {} at {addr} runs as {}, but the request says role {:?}",
             req.id,
-            role.unwrap_or("?")
+            status.role.as_str(),
+            wanted.as_str()
         )));
     }
     Ok(())

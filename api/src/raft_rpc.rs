@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 
-use tally_raft::rpc;
+use tally_raft::rpc::{self, SnapshotIndexRequest};
 use tally_raft::types::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tally_raft::Role;
 
@@ -88,6 +88,18 @@ pub async fn snapshot(State(app): State<AppState>, headers: HeaderMap, body: Bod
         snapshot: data,
     };
     reply(app.node.raft.install_full_snapshot(vote, snapshot).await)
+}
+
+/// Tally's own RPC: how far this node's snapshot reaches, for the leader's snapshot floor.
+pub async fn snapshot_index(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match accept::<SnapshotIndexRequest>(&app, &headers, body).await {
+        Ok(_) => reply(Ok::<_, std::convert::Infallible>(app.node.snapshot_index())),
+        Err(resp) => resp,
+    }
 }
 
 pub async fn transfer_leader(

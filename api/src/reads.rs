@@ -9,20 +9,12 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use tally_analytics::{AggregateQuery, Granularity, KeyColumn};
 use tally_raft::Role;
 
 use crate::error::{ApiError, ApiResult};
 use crate::forward::was_forwarded;
+use crate::params::{self, Consistency};
 use crate::AppState;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Consistency {
-    /// Whatever this data node has applied.
-    None,
-    /// Confirmed with a quorum by the leader: includes every write acknowledged before.
-    Linearizable,
-}
 
 pub async fn get_aggregates(
     State(app): State<AppState>,
@@ -31,7 +23,7 @@ pub async fn get_aggregates(
     uri: Uri,
 ) -> Response {
     let run = async {
-        let (query, consistency) = parse_aggregate_query(&params)?;
+        let (query, consistency) = params::aggregate_query(&params)?;
         if let Some(resp) = route_read(&app, &headers, &uri, consistency).await? {
             return Ok(resp);
         }
@@ -72,7 +64,7 @@ pub async fn get_digest(
     uri: Uri,
 ) -> Response {
     let run = async {
-        let consistency = parse_consistency(&params, &["consistency"])?;
+        let consistency = params::digest_query(&params)?;
         if let Some(resp) = route_read(&app, &headers, &uri, consistency).await? {
             return Ok(resp);
         }
@@ -155,91 +147,4 @@ fn leader_addr(app: &AppState) -> ApiResult<String> {
             "no leader is known right now; retry",
         )),
     }
-}
-
-fn parse_consistency(params: &HashMap<String, String>, allowed: &[&str]) -> ApiResult<Consistency> {
-    for key in params.keys() {
-        if !allowed.contains(&key.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter {key:?}; accepted: {}",
-                allowed.join(", ")
-            )));
-        }
-    }
-    match params.get("consistency").map(String::as_str) {
-        None | Some("none") => Ok(Consistency::None),
-        Some("linearizable") | Some("strong") => Ok(Consistency::Linearizable),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "consistency {other:?} is not one of \"none\", \"linearizable\""
-        ))),
-    }
-}
-
-fn parse_aggregate_query(
-    params: &HashMap<String, String>,
-) -> ApiResult<(AggregateQuery, Consistency)> {
-    const ALLOWED: &[&str] = &[
-        "granularity",
-        "from",
-        "to",
-        "api",
-        "version",
-        "group_by",
-        "consistency",
-    ];
-    let consistency = parse_consistency(params, ALLOWED)?;
-    let granularity = match params.get("granularity") {
-        None => Granularity::Hour,
-        Some(g) => g.parse::<Granularity>().map_err(|_| {
-            ApiError::bad_request(format!("granularity {g:?} is not one of minute, hour, day"))
-        })?,
-    };
-    let time = |name: &str| -> ApiResult<Option<i64>> {
-        params
-            .get(name)
-            .map(|v| {
-                v.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "{name}={v:?} is not an integer epoch time in milliseconds"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    let from_ms = time("from")?;
-    let to_ms = time("to")?;
-    if let (Some(f), Some(t)) = (from_ms, to_ms) {
-        if f > t {
-            return Err(ApiError::bad_request(format!(
-                "from ({f}) is after to ({t})"
-            )));
-        }
-    }
-    let group_by = match params.get("group_by") {
-        None => KeyColumn::ALL.to_vec(),
-        Some(list) if list.trim().is_empty() => Vec::new(),
-        Some(list) => {
-            let mut cols = Vec::new();
-            for name in list.split(',').map(str::trim) {
-                let col = name.parse::<KeyColumn>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "group_by column {name:?} is not one of tenant, api_name, api_version, application_id, resource, method"
-                    ))
-                })?;
-                if !cols.contains(&col) {
-                    cols.push(col);
-                }
-            }
-            cols
-        }
-    };
-    let query = AggregateQuery {
-        granularity,
-        from_ms,
-        to_ms,
-        api: params.get("api").cloned(),
-        version: params.get("version").cloned(),
-        group_by,
-    };
-    Ok((query, consistency))
 }

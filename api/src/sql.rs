@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 
 use tally_raft::{Node, Role};
@@ -19,6 +18,7 @@ use tally_storage::records::{QueryLimits, RecordError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::forward::was_forwarded;
+use crate::params;
 use crate::{read_body, AppState};
 
 /// Limits every `/v1/sql` query runs under.
@@ -40,16 +40,6 @@ impl Default for SqlLimits {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SqlRequest {
-    sql: String,
-    #[serde(default)]
-    consistency: Option<String>,
-    #[serde(default)]
-    min_index: Option<u64>,
-}
-
 /// Largest accepted request body.
 const MAX_SQL_BODY: usize = 1 << 20;
 
@@ -61,29 +51,8 @@ pub async fn post_sql(State(app): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn handle(app: AppState, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     let bytes = read_body(body, MAX_SQL_BODY).await?;
-    let shape = |e: &dyn std::fmt::Display| {
-        ApiError::bad_request(format!(
-            "body must be {{\"sql\": \"…\", \"consistency\": \"none\"|\"strong\", \"min_index\": N}}: {e}"
-        ))
-    };
-    // Only an object: serde would also accept an array of the fields in order.
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| shape(&e))?;
-    if !value.is_object() {
-        return Err(shape(&"a JSON object is required"));
-    }
-    let req: SqlRequest = serde_json::from_value(value).map_err(|e| shape(&e))?;
-    let strong = match req.consistency.as_deref() {
-        None | Some("none") => false,
-        Some("strong") | Some("linearizable") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "consistency {other:?} is not one of \"none\", \"strong\""
-            )))
-        }
-    };
-    if req.sql.trim().is_empty() {
-        return Err(ApiError::bad_request("sql is empty"));
-    }
+    let req = params::sql_query(&bytes)?;
+    let strong = req.strong;
     let node = &app.node;
 
     // Where to run it: a data node with a record store; `strong` on the leader, which

@@ -15,8 +15,12 @@ use std::time::Duration;
 use openraft::errors::{ClientWriteError, RaftError};
 use tally_analytics::{Event, IngestBatch};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
 
-use crate::types::{NodeId, Raft, Request, TallyNode};
+use crate::error::NotLeader;
+use crate::state_machine::Raft;
+use crate::tasks::{Cancel, Tasks};
+use crate::types::Request;
 
 #[derive(Clone, Debug)]
 pub struct BatcherConfig {
@@ -57,8 +61,8 @@ pub struct IngestAck {
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum IngestError {
     /// This node is not the leader; the caller should forward to `leader` if known.
-    #[error("this node is not the leader")]
-    NotLeader { leader: Option<(NodeId, TallyNode)> },
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
     /// The witness holds leadership; it cannot compute acknowledgements.
     #[error("the witness is leader; writes resume when a data node takes over")]
     WitnessLeader,
@@ -111,11 +115,13 @@ impl Drop for Outstanding {
 }
 
 impl IngestQueue {
-    /// Starts the batching loop for `raft` and returns the handle that feeds it.
-    pub fn start(raft: Raft, config: BatcherConfig) -> IngestQueue {
+    /// Starts the batching loop for `raft` as one of the node's `tasks` and returns the
+    /// handle that feeds it. On cancellation the loop stops taking requests and waits for
+    /// the entries in flight to be answered.
+    pub fn start(raft: Raft, config: BatcherConfig, tasks: &Tasks) -> IngestQueue {
         let (tx, rx) = mpsc::channel(config.queue_requests.max(1));
         let stats = Arc::new(IngestStats::default());
-        tokio::spawn(run(raft, config, rx, stats.clone()));
+        tasks.spawn_owned(run(raft, config, rx, stats.clone(), tasks.cancel_signal()));
         IngestQueue {
             tx,
             stats,
@@ -179,14 +185,25 @@ async fn run(
     config: BatcherConfig,
     mut rx: mpsc::Receiver<Job>,
     stats: Arc<IngestStats>,
+    cancel: Cancel,
 ) {
     let inflight = Arc::new(Semaphore::new(config.max_inflight.max(1)));
+    let mut commits = JoinSet::new();
     loop {
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            return;
+        while commits.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            permit = inflight.clone().acquire_owned() => permit,
+            _ = cancel.cancelled() => break,
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let Ok(permit) = permit else {
+            break;
+        };
+        let first = tokio::select! {
+            first = rx.recv() => first,
+            _ = cancel.cancelled() => break,
+        };
+        let Some(first) = first else {
+            break;
         };
         let mut events = first.events.len();
         let mut bytes = first.bytes;
@@ -208,11 +225,15 @@ async fn run(
         stats.events.fetch_add(events as u64, Ordering::Relaxed);
         let raft = raft.clone();
         let timeout = config.commit_timeout;
-        tokio::spawn(async move {
+        commits.spawn(async move {
             commit(raft, jobs, timeout).await;
             drop(permit);
         });
     }
+    // Requests still queued were never proposed: when `rx` drops they are answered with an
+    // unknown outcome (retrying them is safe). Those in flight are answered once their
+    // proposal ends (the node stops Raft first, so that is prompt).
+    while commits.join_next().await.is_some() {}
 }
 
 async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
@@ -264,9 +285,7 @@ async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
             }
         }
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            IngestError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            }
+            IngestError::NotLeader(NotLeader::from_forward(f))
         }
         Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
             IngestError::Unknown("leadership changed while committing".into())

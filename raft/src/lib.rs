@@ -2,11 +2,24 @@
 //!
 //! * [`types`] — the openraft type configuration and the entry payload ([`Request`]).
 //! * [`state_machine`] — applies committed entries to [`tally_analytics::State`] on a data node and
-//!   nothing on a witness; builds and installs checksummed snapshot files.
-//! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret.
+//!   nothing on a witness; builds and installs checksummed snapshot files. Also declares
+//!   [`Raft`], the node's openraft instance.
+//! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret
+//!   (openraft's RPCs, plus Tally's `/raft/snapshot-index` for the snapshot floor).
 //! * [`batcher`] — group commit: concurrent ingest requests become one entry.
 //! * [`sink`] — the leader's exactly-once writer into the record store.
-//! * [`node`] — assembles a node from its options.
+//! * [`retention`] — data nodes: purge the log behind snapshots; the leader publishes the
+//!   snapshot floor.
+//! * [`witness`] — the witness: hand leadership to a data node, campaign as caretaker, purge
+//!   behind the snapshot floor.
+//! * [`membership`] — membership changes and hand-over on the leader, checked against
+//!   Tally's rules.
+//! * [`status`] — the node's [`tally_protocol::NodeStatus`].
+//! * [`error`] — [`NotLeader`], the one "go to the leader" answer of every operation.
+//! * [`tasks`] — the node's background tasks, owned and joined on shutdown.
+//! * [`options`] — what a node is started with ([`NodeOptions`], [`RaftTiming`]).
+//! * [`node`] — assembles a node from its options (assembly only: the policies live in
+//!   [`retention`] and [`witness`], each a thin loop over a pure, unit-tested decision).
 //!
 //! Invariants kept here: an ingest request is acknowledged only after its entry is committed
 //! (fsynced on a majority by the log store) and applied on the leader; the proposer stamps
@@ -14,20 +27,27 @@
 //! keeps or ships analytic state.
 
 pub mod batcher;
+pub mod error;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod options;
 #[cfg(feature = "chaos")]
 pub mod plant;
+pub mod retention;
 pub mod rpc;
 pub mod sink;
 pub mod state_machine;
 pub mod status;
+pub mod tasks;
 pub mod types;
+pub mod witness;
 
 pub use batcher::{BatcherConfig, IngestAck, IngestError};
+pub use error::NotLeader;
 pub use node::{Node, NodeError, NodeOptions, RaftTiming};
 pub use sink::{SinkConfig, SinkReport};
+pub use state_machine::Raft;
 pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};
 
 /// The wall clock in epoch milliseconds, as the proposer stamps entries and the API checks

@@ -31,13 +31,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+use std::fmt;
+
+use openraft::errors::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
+use openraft::metrics::WaitError;
 use openraft::raft::Precondition;
-use openraft::type_config::alias::InstantOf;
+use openraft::type_config::alias::{ChangeMembershipErrorOf, InstantOf};
 use openraft::{ChangeMembers, Instant as _};
 
+use crate::error::NotLeader;
 use crate::node::{Node, NodeError};
-use crate::types::{LogId, NodeId, RaftMetrics, TallyNode};
+use crate::types::{LogId, NodeId, RaftMetrics, Role, TallyNode, TypeConfig};
 
 /// How long a new learner may take to catch up within one request. It keeps catching up after
 /// that; the same request, repeated, promotes it once it has.
@@ -51,9 +55,6 @@ pub const LIVE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// A hand-over target may lag the leader's log by at most this many entries.
 pub const TRANSFER_MAX_LAG: u64 = 1000;
 
-/// One membership operation at a time on this node (the leader runs them all).
-static OPERATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// A request to add (or re-add) a member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddMember {
@@ -65,36 +66,255 @@ pub struct AddMember {
     pub replaces: Option<NodeId>,
 }
 
+/// Why a membership operation was refused or did not finish. Each kind (the variants) maps
+/// to one HTTP status and code in the API; the typed reasons inside carry the data and
+/// produce the message.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     /// The request itself is malformed or names something impossible.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     /// The resulting membership would break a safety rule; nothing was changed.
-    #[error("{0}")]
-    Unsafe(String),
+    #[error(transparent)]
+    Unsafe(#[from] UnsafeChange),
     /// The request contradicts the current membership (e.g. another role for a known id).
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] MemberConflict),
     #[error("node {0} is not a member of the cluster")]
     UnknownMember(NodeId),
     /// Only the leader changes membership; `leader` is where to go instead.
-    #[error("this node is not the leader")]
-    NotLeader { leader: Option<(NodeId, TallyNode)> },
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
     /// Another membership change is running or not yet committed.
-    #[error("{0}")]
-    InProgress(String),
+    #[error(transparent)]
+    InProgress(#[from] InProgress),
     /// A learner is still catching up; repeating the request continues where it stopped.
-    #[error("{0}")]
-    CatchUpPending(String),
+    #[error(
+        "node {id} is a learner and has not caught up within {} s (it holds up to index {} of \
+         {goal}); it keeps catching up: repeat the request to continue",
+        .timeout.as_secs(),
+        OrNone(*.matched)
+    )]
+    CatchUpPending {
+        id: NodeId,
+        timeout: Duration,
+        /// What the leader has replicated to it.
+        matched: Option<u64>,
+        /// What the leader held when the wait began.
+        goal: u64,
+    },
     /// The hand-over target cannot take leadership now.
-    #[error("{0}")]
-    NotReady(String),
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
     /// Proposed, but not seen committed in time (or leadership was lost meanwhile).
-    #[error("{0}")]
-    Timeout(String),
+    #[error(transparent)]
+    Timeout(#[from] OutcomeUnknown),
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] RaftFailure),
+}
+
+/// Kinds of [`MembershipError::Invalid`].
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("id must be a positive integer")]
+    ZeroId,
+    #[error(transparent)]
+    Addr(#[from] BadAddr),
+    #[error("node {0} cannot replace itself")]
+    ReplacesItself(NodeId),
+    #[error("\"replaces\" swaps voters: it needs \"voter\": true")]
+    ReplacesNeedsVoter,
+    #[error("node {0} is a learner, not a voter: remove it with DELETE /v1/cluster/members/{0}")]
+    ReplacesLearner(NodeId),
+    #[error("\"to\" must be a positive node id")]
+    ZeroTarget,
+    #[error(
+        "node {0} is a witness: it holds no analytic state and cannot acknowledge writes, so \
+         it never takes leadership on request"
+    )]
+    WitnessTarget(NodeId),
+    #[error("node {0} is a learner, not a voter: only a voter can lead")]
+    LearnerTarget(NodeId),
+    /// The node refused the hand-over (the membership changed since it was checked).
+    #[error(transparent)]
+    Refused(Box<NodeError>),
+}
+
+/// An address that is not `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("addr {addr:?} {why}: expected host:port, e.g. \"10.0.0.4:7101\"")]
+pub struct BadAddr {
+    pub addr: String,
+    pub why: &'static str,
+}
+
+/// Kinds of [`MembershipError::Unsafe`].
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeChange {
+    #[error(transparent)]
+    Voters(#[from] VoterRule),
+    #[error(
+        "changing node {id}'s address means removing it and adding it back, and without it \
+         {why}"
+    )]
+    AddressChange { id: NodeId, why: VoterRule },
+    #[error("node {0} is the last voter; a cluster cannot remove its last voter")]
+    LastVoter(NodeId),
+    #[error("cannot remove node {id}: {why}")]
+    Removal { id: NodeId, why: VoterRule },
+    #[error(
+        "the new voters {{{}}} would have no live majority: node {} does not answer the \
+         leader; bring it back first",
+        Ids(.voters),
+        Ids(.silent)
+    )]
+    NoLiveMajority {
+        voters: Vec<NodeId>,
+        silent: Vec<NodeId>,
+    },
+    /// openraft refused the change as an empty membership.
+    #[error("{0}")]
+    Empty(#[source] ChangeMembershipErrorOf<TypeConfig>),
+}
+
+/// A voter set that breaks Tally's rules (module docs).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VoterRule {
+    #[error(
+        "at least one data node must remain a voter (the voters would be {0}): a witness \
+         holds no analytic state"
+    )]
+    NoDataVoter(Voters),
+    #[error(
+        "witnesses must be fewer than data voters (the voters would be {0}); to move the \
+         witness, add the new one with \"replaces\" naming the old one so they swap in one \
+         change"
+    )]
+    TooManyWitnesses(Voters),
+}
+
+/// Kinds of [`MembershipError::Conflict`].
+#[derive(Debug, thiserror::Error)]
+pub enum MemberConflict {
+    #[error(
+        "node {id} is a {} member; a node id keeps its role for life: remove it and add the \
+         new node under a new id",
+        .role.as_str()
+    )]
+    RoleForLife { id: NodeId, role: Role },
+    #[error(
+        "node {0} is a voter; \"voter\": false would demote it: remove it with DELETE \
+         /v1/cluster/members/{0} instead"
+    )]
+    Demotion(NodeId),
+    #[error("there is no other data voter to hand leadership to")]
+    NoSuccessor,
+    /// openraft refused the change for another reason.
+    #[error("{0}")]
+    Refused(#[source] ChangeMembershipErrorOf<TypeConfig>),
+}
+
+/// Kinds of [`MembershipError::InProgress`].
+#[derive(Debug, thiserror::Error)]
+pub enum InProgress {
+    #[error("another membership operation is running on the leader; retry when it has finished")]
+    OperationRunning,
+    #[error("membership kept changing while adding node {0}; check GET /v1/cluster and retry")]
+    KeptChanging(NodeId),
+    #[error("the membership changed while this request was being carried out; retry")]
+    MembershipMoved,
+    #[error("a membership change is still being committed ({0}); retry shortly")]
+    Uncommitted(#[source] ChangeMembershipErrorOf<TypeConfig>),
+}
+
+/// Kinds of [`MembershipError::NotReady`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error(
+        "node {} does not answer the leader; it cannot take over now",
+        Ids(.0)
+    )]
+    Silent(Vec<NodeId>),
+    #[error(
+        "node {id} is {lag} entries behind the leader (more than {max}); retry once it has \
+         caught up"
+    )]
+    Behind { id: NodeId, lag: u64, max: u64 },
+}
+
+/// Kinds of [`MembershipError::Timeout`]: the outcome is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum OutcomeUnknown {
+    #[error(
+        "{what} was proposed but not seen committed within {} s; check GET /v1/cluster \
+         (repeating the request is safe)",
+        .within.as_secs()
+    )]
+    NotCommitted {
+        what: &'static str,
+        within: Duration,
+    },
+    #[error(
+        "leadership changed while the membership change was in flight; its outcome is \
+         unknown: check GET /v1/cluster (repeating the request is safe)"
+    )]
+    LeaderChanged,
+    #[error("leadership did not move to node {to}: {source}")]
+    Transfer {
+        to: NodeId,
+        #[source]
+        source: WaitError,
+    },
+}
+
+/// What failed inside Raft ([`MembershipError::Raft`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RaftFailure {
+    #[error(transparent)]
+    Fatal(#[from] Fatal<TypeConfig>),
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    #[error(transparent)]
+    Node(Box<NodeError>),
+}
+
+/// Node ids, shown as `1, 2`.
+struct Ids<'a>(&'a [NodeId]);
+
+impl fmt::Display for Ids<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&join(self.0))
+    }
+}
+
+/// An index, or `none`.
+struct OrNone(Option<u64>);
+
+impl fmt::Display for OrNone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "{i}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// A set of voters with their roles, shown as `{1 data, 3 witness}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voters(pub Vec<(NodeId, Option<Role>)>);
+
+impl fmt::Display for Voters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(id, role)| match role {
+                Some(r) => format!("{id} {}", r.as_str()),
+                None => id.to_string(),
+            })
+            .collect();
+        write!(f, "{{{}}}", parts.join(", "))
+    }
 }
 
 /// What an operation did.
@@ -116,11 +336,12 @@ impl Outcome {
 // ---- Validation ---------------------------------------------------------------------------
 
 /// Checks a `host:port` address: a non-empty host without spaces or a path, and a port 1–65535.
-pub fn validate_addr(addr: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "addr {addr:?} {why}: expected host:port, e.g. \"10.0.0.4:7101\""
-        ))
+pub fn validate_addr(addr: &str) -> Result<(), BadAddr> {
+    let bad = |why: &'static str| {
+        Err(BadAddr {
+            addr: addr.to_string(),
+            why,
+        })
     };
     if addr.contains("://") {
         return bad("has a scheme");
@@ -150,7 +371,7 @@ pub fn validate_addr(addr: &str) -> Result<(), String> {
 pub fn check_voters(
     voters: &BTreeSet<NodeId>,
     nodes: &BTreeMap<NodeId, TallyNode>,
-) -> Result<(), String> {
+) -> Result<(), VoterRule> {
     let witnesses: BTreeSet<NodeId> = voters
         .iter()
         .copied()
@@ -158,33 +379,22 @@ pub fn check_voters(
         .collect();
     let data = voters.len() - witnesses.len();
     if data == 0 {
-        return Err(format!(
-            "at least one data node must remain a voter (the voters would be {}): a witness \
-             holds no analytic state",
-            describe(voters, nodes)
-        ));
+        return Err(VoterRule::NoDataVoter(describe(voters, nodes)));
     }
     if witnesses.len() >= data && witnesses.len() > 1 {
-        return Err(format!(
-            "witnesses must be fewer than data voters (the voters would be {}); to move the \
-             witness, add the new one with \"replaces\" naming the old one so they swap in one \
-             change",
-            describe(voters, nodes)
-        ));
+        return Err(VoterRule::TooManyWitnesses(describe(voters, nodes)));
     }
     Ok(())
 }
 
-/// `{1 data, 3 witness}` style description.
-fn describe(voters: &BTreeSet<NodeId>, nodes: &BTreeMap<NodeId, TallyNode>) -> String {
-    let parts: Vec<String> = voters
-        .iter()
-        .map(|id| match nodes.get(id) {
-            Some(n) => format!("{id} {}", n.role().as_str()),
-            None => id.to_string(),
-        })
-        .collect();
-    format!("{{{}}}", parts.join(", "))
+/// The voters with their roles, for messages (`{1 data, 3 witness}`).
+fn describe(voters: &BTreeSet<NodeId>, nodes: &BTreeMap<NodeId, TallyNode>) -> Voters {
+    Voters(
+        voters
+            .iter()
+            .map(|id| (*id, nodes.get(id).map(TallyNode::role)))
+            .collect(),
+    )
 }
 
 /// The membership as the leader sees it.
@@ -234,38 +444,25 @@ pub enum AddStep {
 pub fn next_add_step(view: &View, req: &AddMember) -> Result<AddStep, MembershipError> {
     let id = req.id;
     if id == 0 {
-        return Err(MembershipError::Invalid(
-            "id must be a positive integer".into(),
-        ));
+        return Err(InvalidRequest::ZeroId.into());
     }
-    validate_addr(&req.node.addr).map_err(MembershipError::Invalid)?;
+    validate_addr(&req.node.addr).map_err(InvalidRequest::Addr)?;
     if let Some(old) = req.replaces {
         if old == id {
-            return Err(MembershipError::Invalid(format!(
-                "node {id} cannot replace itself"
-            )));
+            return Err(InvalidRequest::ReplacesItself(id).into());
         }
         if !req.voter {
-            return Err(MembershipError::Invalid(
-                "\"replaces\" swaps voters: it needs \"voter\": true".into(),
-            ));
+            return Err(InvalidRequest::ReplacesNeedsVoter.into());
         }
     }
     let existing = view.nodes.get(&id);
     let is_voter = view.voters.contains(&id);
     if let Some(n) = existing {
         if n.witness != req.node.witness {
-            return Err(MembershipError::Conflict(format!(
-                "node {id} is a {} member; a node id keeps its role for life: remove it and \
-                 add the new node under a new id",
-                n.role().as_str()
-            )));
+            return Err(MemberConflict::RoleForLife { id, role: n.role() }.into());
         }
         if is_voter && !req.voter {
-            return Err(MembershipError::Conflict(format!(
-                "node {id} is a voter; \"voter\": false would demote it: remove it with \
-                 DELETE /v1/cluster/members/{id} instead"
-            )));
+            return Err(MemberConflict::Demotion(id).into());
         }
     }
     // `replaces` is checked against the voters as they are now. Once the swap is done (the
@@ -273,10 +470,7 @@ pub fn next_add_step(view: &View, req: &AddMember) -> Result<AddStep, Membership
     let replaces = match req.replaces {
         Some(old) if view.voters.contains(&old) => Some(old),
         Some(old) if view.nodes.contains_key(&old) => {
-            return Err(MembershipError::Invalid(format!(
-                "node {old} is a learner, not a voter: remove it with DELETE \
-                 /v1/cluster/members/{old}"
-            )))
+            return Err(InvalidRequest::ReplacesLearner(old).into())
         }
         Some(_) if is_voter => None,
         Some(old) => return Err(MembershipError::UnknownMember(old)),
@@ -291,19 +485,15 @@ pub fn next_add_step(view: &View, req: &AddMember) -> Result<AddStep, Membership
     }
     let mut target_nodes = view.nodes.clone();
     target_nodes.insert(id, req.node.clone());
-    check_voters(&target, &target_nodes).map_err(MembershipError::Unsafe)?;
+    check_voters(&target, &target_nodes).map_err(UnsafeChange::Voters)?;
 
     match existing {
         Some(n) if n.addr != req.node.addr => {
             if is_voter {
                 let mut without = view.voters.clone();
                 without.remove(&id);
-                check_voters(&without, &view.nodes).map_err(|why| {
-                    MembershipError::Unsafe(format!(
-                        "changing node {id}'s address means removing it and adding it back, \
-                         and without it {why}"
-                    ))
-                })?;
+                check_voters(&without, &view.nodes)
+                    .map_err(|why| UnsafeChange::AddressChange { id, why })?;
             }
             Ok(AddStep::RemoveOld {
                 was_voter: is_voter,
@@ -318,22 +508,21 @@ pub fn next_add_step(view: &View, req: &AddMember) -> Result<AddStep, Membership
 
 // ---- Operations -----------------------------------------------------------------------------
 
-fn lock() -> Result<tokio::sync::MutexGuard<'static, ()>, MembershipError> {
-    OPERATION.try_lock().map_err(|_| {
-        MembershipError::InProgress(
-            "another membership operation is running on the leader; retry when it has finished"
-                .into(),
-        )
-    })
+/// One membership operation at a time on this node (the leader runs them all).
+fn lock(node: &Node) -> Result<tokio::sync::MutexGuard<'_, ()>, MembershipError> {
+    node.membership_op
+        .try_lock()
+        .map_err(|_| InProgress::OperationRunning.into())
 }
 
 fn ensure_leader(node: &Node) -> Result<(), MembershipError> {
     if node.is_leader() {
         Ok(())
     } else {
-        Err(MembershipError::NotLeader {
+        Err(NotLeader {
             leader: node.leader().filter(|(id, _)| *id != node.id),
-        })
+        }
+        .into())
     }
 }
 
@@ -341,7 +530,7 @@ fn ensure_leader(node: &Node) -> Result<(), MembershipError> {
 /// a voter, promotes it — removing `replaces` in the same change. Repeating a request that has
 /// been carried out is a no-op; repeating one that stopped half-way continues it.
 pub async fn add_member(node: &Node, req: AddMember) -> Result<Outcome, MembershipError> {
-    let _one_at_a_time = lock()?;
+    let _one_at_a_time = lock(node)?;
     let mut done: Vec<String> = Vec::new();
     // Each round does one step; a request needs at most four (remove the old address, add
     // the learner, change the voters, flatten a joint configuration).
@@ -419,20 +608,15 @@ pub async fn add_member(node: &Node, req: AddMember) -> Result<Outcome, Membersh
             }
         }
     }
-    Err(MembershipError::InProgress(format!(
-        "membership kept changing while adding node {}; check GET /v1/cluster and retry",
-        req.id
-    )))
+    Err(InProgress::KeptChanging(req.id).into())
 }
 
 /// Removes a voter or a learner from the cluster.
 pub async fn remove_member(node: &Node, id: NodeId) -> Result<Outcome, MembershipError> {
     if id == 0 {
-        return Err(MembershipError::Invalid(
-            "id must be a positive integer".into(),
-        ));
+        return Err(InvalidRequest::ZeroId.into());
     }
-    let _one_at_a_time = lock()?;
+    let _one_at_a_time = lock(node)?;
     ensure_leader(node)?;
     let view = View::of(&node.metrics());
     let in_any_config = node
@@ -449,12 +633,9 @@ pub async fn remove_member(node: &Node, id: NodeId) -> Result<Outcome, Membershi
         let mut target = view.voters.clone();
         target.remove(&id);
         if target.is_empty() {
-            return Err(MembershipError::Unsafe(format!(
-                "node {id} is the last voter; a cluster cannot remove its last voter"
-            )));
+            return Err(UnsafeChange::LastVoter(id).into());
         }
-        check_voters(&target, &view.nodes)
-            .map_err(|why| MembershipError::Unsafe(format!("cannot remove node {id}: {why}")))?;
+        check_voters(&target, &view.nodes).map_err(|why| UnsafeChange::Removal { id, why })?;
         check_live_majority(node, &target).await?;
         change(node, &view, ChangeMembers::ReplaceAllVoters(target.clone())).await?;
         Ok(Outcome {
@@ -479,20 +660,16 @@ pub async fn transfer_leader(
     node: &Node,
     to: Option<NodeId>,
 ) -> Result<(NodeId, Outcome), MembershipError> {
-    let _one_at_a_time = lock()?;
+    let _one_at_a_time = lock(node)?;
     ensure_leader(node)?;
     let m = node.metrics();
     let view = View::of(&m);
     let to = match to {
-        Some(0) => {
-            return Err(MembershipError::Invalid(
-                "\"to\" must be a positive node id".into(),
-            ))
-        }
+        Some(0) => return Err(InvalidRequest::ZeroTarget.into()),
         Some(to) => to,
-        None => node.best_successor().ok_or_else(|| {
-            MembershipError::Conflict("there is no other data voter to hand leadership to".into())
-        })?,
+        None => node
+            .best_successor()
+            .ok_or(MembershipError::Conflict(MemberConflict::NoSuccessor))?,
     };
     if to == node.id {
         return Ok((
@@ -504,41 +681,39 @@ pub async fn transfer_leader(
         return Err(MembershipError::UnknownMember(to));
     };
     if target.witness {
-        return Err(MembershipError::Invalid(format!(
-            "node {to} is a witness: it holds no analytic state and cannot acknowledge writes, \
-             so it never takes leadership on request"
-        )));
+        return Err(InvalidRequest::WitnessTarget(to).into());
     }
     if !view.voters.contains(&to) {
-        return Err(MembershipError::Invalid(format!(
-            "node {to} is a learner, not a voter: only a voter can lead"
-        )));
+        return Err(InvalidRequest::LearnerTarget(to).into());
     }
     // A leader that hands over stops accepting writes until the target takes over: never
     // hand over to a node that is not answering right now.
     if let Err(silent) = wait_fresh_acks(node, &[to].into(), 1).await {
-        return Err(MembershipError::NotReady(format!(
-            "node {} does not answer the leader; it cannot take over now",
-            join(&silent)
-        )));
+        return Err(NotReady::Silent(silent).into());
     }
     let m = node.metrics();
     let matched = matched_index(&m, to).unwrap_or(0);
     let last = m.last_log_index.unwrap_or(0);
     if last.saturating_sub(matched) > TRANSFER_MAX_LAG {
-        return Err(MembershipError::NotReady(format!(
-            "node {to} is {} entries behind the leader (more than {TRANSFER_MAX_LAG}); retry \
-             once it has caught up",
-            last - matched
-        )));
+        return Err(NotReady::Behind {
+            id: to,
+            lag: last - matched,
+            max: TRANSFER_MAX_LAG,
+        }
+        .into());
     }
     let new = node
         .transfer_leadership(to, TRANSFER_TIMEOUT)
         .await
         .map_err(|e| match e {
-            NodeError::Timeout(m) => MembershipError::Timeout(m),
-            NodeError::Invalid(m) => MembershipError::Invalid(m),
-            other => MembershipError::Raft(other.to_string()),
+            NodeError::TransferTimeout { to, source } => {
+                OutcomeUnknown::Transfer { to, source }.into()
+            }
+            NodeError::NotLeader(n) => MembershipError::NotLeader(n),
+            e @ (NodeError::NotMember(_) | NodeError::WitnessTarget(_)) => {
+                InvalidRequest::Refused(Box::new(e)).into()
+            }
+            other => MembershipError::Raft(RaftFailure::Node(Box::new(other))),
         })?;
     Ok((
         new,
@@ -571,40 +746,32 @@ async fn change(
     result.map(|_| ()).map_err(write_error)
 }
 
-fn timeout_error(what: &str) -> MembershipError {
-    MembershipError::Timeout(format!(
-        "{what} was proposed but not seen committed within {} s; check GET /v1/cluster \
-         (repeating the request is safe)",
-        CHANGE_TIMEOUT.as_secs()
-    ))
+fn timeout_error(what: &'static str) -> MembershipError {
+    OutcomeUnknown::NotCommitted {
+        what,
+        within: CHANGE_TIMEOUT,
+    }
+    .into()
 }
 
-fn write_error(
-    e: RaftError<crate::TypeConfig, ClientWriteError<crate::TypeConfig>>,
-) -> MembershipError {
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> MembershipError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => MembershipError::NotLeader {
-            leader: f.leader_id.zip(f.leader_node),
-        },
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => MembershipError::Timeout(
-            "leadership changed while the membership change was in flight; its outcome is \
-             unknown: check GET /v1/cluster (repeating the request is safe)"
-                .into(),
-        ),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            NotLeader::from_forward(f).into()
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            OutcomeUnknown::LeaderChanged.into()
+        }
         RaftError::APIError(ClientWriteError::PreconditionFailed(_)) => {
-            MembershipError::InProgress(
-                "the membership changed while this request was being carried out; retry".into(),
-            )
+            InProgress::MembershipMoved.into()
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
             ChangeMembershipError::InProgress(_)
-            | ChangeMembershipError::UncommittedLeaderLog(_) => MembershipError::InProgress(
-                format!("a membership change is still being committed ({e}); retry shortly"),
-            ),
-            ChangeMembershipError::EmptyMembership(_) => MembershipError::Unsafe(e.to_string()),
-            other => MembershipError::Conflict(other.to_string()),
+            | ChangeMembershipError::UncommittedLeaderLog(_) => InProgress::Uncommitted(e).into(),
+            ChangeMembershipError::EmptyMembership(_) => UnsafeChange::Empty(e).into(),
+            other => MemberConflict::Refused(other).into(),
         },
-        RaftError::Fatal(f) => MembershipError::Raft(f.to_string()),
+        RaftError::Fatal(f) => MembershipError::Raft(f.into()),
     }
 }
 
@@ -623,7 +790,7 @@ async fn wait_fresh_acks(
     ids: &BTreeSet<NodeId>,
     need: usize,
 ) -> Result<(), Vec<NodeId>> {
-    let since = InstantOf::<crate::TypeConfig>::now();
+    let since = InstantOf::<TypeConfig>::now();
     let me = node.id;
     let live = |m: &RaftMetrics, id: NodeId| {
         id == me
@@ -658,12 +825,11 @@ async fn check_live_majority(
     wait_fresh_acks(node, voters, voters.len() / 2 + 1)
         .await
         .map_err(|silent| {
-            MembershipError::Unsafe(format!(
-                "the new voters {{{}}} would have no live majority: node {} does not answer \
-                 the leader; bring it back first",
-                join(&voters.iter().copied().collect::<Vec<_>>()),
-                join(&silent),
-            ))
+            UnsafeChange::NoLiveMajority {
+                voters: voters.iter().copied().collect(),
+                silent,
+            }
+            .into()
         })
 }
 
@@ -682,19 +848,17 @@ async fn wait_caught_up(node: &Node, id: NodeId) -> Result<(), MembershipError> 
         .await;
     match waited {
         Ok(m) if m.current_leader == Some(me) => Ok(()),
-        Ok(_) => Err(MembershipError::NotLeader {
+        Ok(_) => Err(NotLeader {
             leader: node.leader().filter(|(l, _)| *l != me),
-        }),
-        Err(openraft::metrics::WaitError::Timeout(..)) => {
-            let matched = matched_index(&node.metrics(), id);
-            Err(MembershipError::CatchUpPending(format!(
-                "node {id} is a learner and has not caught up within {} s (it holds up to \
-                 index {} of {goal}); it keeps catching up: repeat the request to continue",
-                CATCH_UP_TIMEOUT.as_secs(),
-                matched.map_or("none".to_string(), |i| i.to_string()),
-            )))
         }
-        Err(e) => Err(MembershipError::Raft(e.to_string())),
+        .into()),
+        Err(WaitError::Timeout(..)) => Err(MembershipError::CatchUpPending {
+            id,
+            timeout: CATCH_UP_TIMEOUT,
+            matched: matched_index(&node.metrics(), id),
+            goal,
+        }),
+        Err(e) => Err(MembershipError::Raft(e.into())),
     }
 }
 
@@ -901,6 +1065,177 @@ mod tests {
             next_add_step(&lone, &moved).unwrap_err(),
             MembershipError::Unsafe(_)
         ));
+    }
+
+    /// The messages users see are the ones they saw when these errors were strings.
+    #[test]
+    fn messages_are_unchanged() {
+        let all = nodes(&[(1, false), (3, true), (5, true)]);
+        let msg = |e: MembershipError| e.to_string();
+        assert_eq!(
+            msg(InvalidRequest::ZeroId.into()),
+            "id must be a positive integer"
+        );
+        assert_eq!(
+            msg(InvalidRequest::Addr(validate_addr("host").unwrap_err()).into()),
+            "addr \"host\" has no port: expected host:port, e.g. \"10.0.0.4:7101\""
+        );
+        assert_eq!(
+            msg(InvalidRequest::ReplacesItself(4).into()),
+            "node 4 cannot replace itself"
+        );
+        assert_eq!(
+            msg(InvalidRequest::ReplacesNeedsVoter.into()),
+            "\"replaces\" swaps voters: it needs \"voter\": true"
+        );
+        assert_eq!(
+            msg(InvalidRequest::ReplacesLearner(6).into()),
+            "node 6 is a learner, not a voter: remove it with DELETE /v1/cluster/members/6"
+        );
+        assert_eq!(
+            msg(InvalidRequest::ZeroTarget.into()),
+            "\"to\" must be a positive node id"
+        );
+        assert_eq!(
+            msg(InvalidRequest::WitnessTarget(3).into()),
+            "node 3 is a witness: it holds no analytic state and cannot acknowledge writes, so \
+             it never takes leadership on request"
+        );
+        assert_eq!(
+            msg(InvalidRequest::LearnerTarget(4).into()),
+            "node 4 is a learner, not a voter: only a voter can lead"
+        );
+        assert_eq!(
+            msg(InvalidRequest::Refused(Box::new(NodeError::NotMember(9))).into()),
+            "node 9 is not a member"
+        );
+        let no_data = check_voters(&set(&[3, 5]), &all).unwrap_err();
+        assert_eq!(
+            msg(UnsafeChange::Voters(no_data.clone()).into()),
+            "at least one data node must remain a voter (the voters would be {3 witness, 5 \
+             witness}): a witness holds no analytic state"
+        );
+        let witnesses = check_voters(&set(&[1, 3, 5]), &all).unwrap_err();
+        assert_eq!(
+            witnesses.to_string(),
+            "witnesses must be fewer than data voters (the voters would be {1 data, 3 witness, \
+             5 witness}); to move the witness, add the new one with \"replaces\" naming the old \
+             one so they swap in one change"
+        );
+        assert_eq!(
+            msg(UnsafeChange::AddressChange {
+                id: 1,
+                why: no_data.clone()
+            }
+            .into()),
+            format!(
+                "changing node 1's address means removing it and adding it back, and without \
+                 it {no_data}"
+            )
+        );
+        assert_eq!(
+            msg(UnsafeChange::LastVoter(1).into()),
+            "node 1 is the last voter; a cluster cannot remove its last voter"
+        );
+        assert_eq!(
+            msg(UnsafeChange::Removal {
+                id: 1,
+                why: no_data.clone()
+            }
+            .into()),
+            format!("cannot remove node 1: {no_data}")
+        );
+        assert_eq!(
+            msg(UnsafeChange::NoLiveMajority {
+                voters: vec![1, 2, 3],
+                silent: vec![2, 3]
+            }
+            .into()),
+            "the new voters {1, 2, 3} would have no live majority: node 2, 3 does not answer \
+             the leader; bring it back first"
+        );
+        assert_eq!(
+            msg(MemberConflict::RoleForLife {
+                id: 3,
+                role: Role::Witness
+            }
+            .into()),
+            "node 3 is a witness member; a node id keeps its role for life: remove it and add \
+             the new node under a new id"
+        );
+        assert_eq!(
+            msg(MemberConflict::Demotion(2).into()),
+            "node 2 is a voter; \"voter\": false would demote it: remove it with DELETE \
+             /v1/cluster/members/2 instead"
+        );
+        assert_eq!(
+            msg(MemberConflict::NoSuccessor.into()),
+            "there is no other data voter to hand leadership to"
+        );
+        assert_eq!(
+            msg(MembershipError::UnknownMember(9)),
+            "node 9 is not a member of the cluster"
+        );
+        assert_eq!(
+            msg(NotLeader { leader: None }.into()),
+            "this node is not the leader"
+        );
+        assert_eq!(
+            msg(InProgress::OperationRunning.into()),
+            "another membership operation is running on the leader; retry when it has finished"
+        );
+        assert_eq!(
+            msg(InProgress::KeptChanging(4).into()),
+            "membership kept changing while adding node 4; check GET /v1/cluster and retry"
+        );
+        assert_eq!(
+            msg(InProgress::MembershipMoved.into()),
+            "the membership changed while this request was being carried out; retry"
+        );
+        assert_eq!(
+            msg(MembershipError::CatchUpPending {
+                id: 4,
+                timeout: CATCH_UP_TIMEOUT,
+                matched: None,
+                goal: 120
+            }),
+            "node 4 is a learner and has not caught up within 20 s (it holds up to index none \
+             of 120); it keeps catching up: repeat the request to continue"
+        );
+        assert_eq!(
+            msg(MembershipError::CatchUpPending {
+                id: 4,
+                timeout: CATCH_UP_TIMEOUT,
+                matched: Some(7),
+                goal: 120
+            }),
+            "node 4 is a learner and has not caught up within 20 s (it holds up to index 7 of \
+             120); it keeps catching up: repeat the request to continue"
+        );
+        assert_eq!(
+            msg(NotReady::Silent(vec![2]).into()),
+            "node 2 does not answer the leader; it cannot take over now"
+        );
+        assert_eq!(
+            msg(NotReady::Behind {
+                id: 2,
+                lag: 1500,
+                max: TRANSFER_MAX_LAG
+            }
+            .into()),
+            "node 2 is 1500 entries behind the leader (more than 1000); retry once it has \
+             caught up"
+        );
+        assert_eq!(
+            msg(timeout_error("the membership change")),
+            "the membership change was proposed but not seen committed within 10 s; check GET \
+             /v1/cluster (repeating the request is safe)"
+        );
+        assert_eq!(
+            msg(OutcomeUnknown::LeaderChanged.into()),
+            "leadership changed while the membership change was in flight; its outcome is \
+             unknown: check GET /v1/cluster (repeating the request is safe)"
+        );
     }
 
     #[test]

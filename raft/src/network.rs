@@ -50,16 +50,40 @@ impl HttpNetwork {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
-    type Network = PeerClient;
-
-    async fn new_client(&mut self, target: NodeId, node: &TallyNode) -> PeerClient {
+impl HttpNetwork {
+    fn peer(&self, target: NodeId, node: &TallyNode) -> PeerClient {
         PeerClient {
             target,
             base: format!("http://{}", node.addr),
             http: self.http.clone(),
             secret: self.secret.clone(),
         }
+    }
+
+    /// Asks data member `target` how far its snapshot reaches (Tally's own RPC, with the
+    /// cluster secret like every other). `Err` carries why it could not be asked.
+    pub async fn snapshot_index(
+        &self,
+        from: NodeId,
+        target: NodeId,
+        node: &TallyNode,
+        timeout: Duration,
+    ) -> Result<rpc::SnapshotIndexReply, String> {
+        let req = rpc::SnapshotIndexRequest { from };
+        self.peer(target, node)
+            .call(path::SNAPSHOT_INDEX, &req, timeout)
+            .await
+            .map_err(|f| match f {
+                Failure::Unreachable(m) | Failure::Network(m) => m,
+            })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &TallyNode) -> PeerClient {
+        self.peer(target, node)
     }
 }
 

@@ -1,75 +1,33 @@
 //! One Tally node: its log, state machine, openraft instance and ingest queue, assembled.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{Fatal, InitializeError, LinearizableReadError, RaftError};
 use openraft::storage::RaftLogStorage;
-use openraft::Instant as _;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tally_storage::records::RecordStore;
 use tally_storage::{LogStore, SnapshotFiles};
 
-use crate::batcher::{BatcherConfig, IngestAck, IngestError, IngestQueue};
+use crate::batcher::{IngestAck, IngestError, IngestQueue};
+use crate::error::NotLeader;
 use crate::network::HttpNetwork;
+use crate::rpc::SnapshotIndexReply;
 use crate::sink::{self, SinkConfig, SinkMonitor};
-use crate::state_machine::{SharedState, StateMachine};
-use crate::types::{NodeId, Raft, RaftMetrics, Request, Role, TallyNode, TypeConfig};
+use crate::state_machine::{Raft, SharedState, StateMachine};
+use crate::tasks::Tasks;
+use crate::types::{NodeId, RaftMetrics, Role, TallyNode, TypeConfig};
+use crate::{retention, witness};
+
+pub use crate::options::{NodeOptions, RaftTiming, DEFAULT_WITNESS_MAX_LOG_ENTRIES};
 
 /// Snapshot files kept on disk per node.
 const SNAPSHOTS_KEPT: usize = 3;
-
-/// Everything needed to start a node; filled from the CLI's configuration.
-#[derive(Clone, Debug)]
-pub struct NodeOptions {
-    pub id: NodeId,
-    pub role: Role,
-    pub data_dir: PathBuf,
-    pub secret: String,
-    /// Initial cluster: id → `host:port`. Used by cluster init.
-    pub members: BTreeMap<NodeId, String>,
-    pub witnesses: BTreeSet<NodeId>,
-    pub timing: RaftTiming,
-    /// Build a snapshot after this many entries since the last one.
-    pub snapshot_threshold: u64,
-    /// Entries kept in the log behind a snapshot (lets a briefly lagging follower catch up
-    /// from the log instead of a snapshot).
-    pub log_keep_behind_snapshot: u64,
-    pub batcher: BatcherConfig,
-    /// Record store URL (`mysql://…`, `sqlite://…`); a data node without one runs no sink.
-    pub record_store: Option<String>,
-    pub sink: SinkConfig,
-    /// Local IP that outbound connections to peers are made from (`None`: the OS picks).
-    pub source_ip: Option<std::net::IpAddr>,
-    /// A witness keeps at most this many log entries beyond the snapshot floor; past it, it
-    /// purges anyway (a data node down that long must then be rebuilt from the other data
-    /// node's snapshot).
-    pub witness_max_log_entries: u64,
-}
-
-/// Default of [`NodeOptions::witness_max_log_entries`].
-pub const DEFAULT_WITNESS_MAX_LOG_ENTRIES: u64 = 1_000_000;
-
-/// Raft timers, in milliseconds.
-#[derive(Clone, Debug)]
-pub struct RaftTiming {
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
-}
-
-impl Default for RaftTiming {
-    fn default() -> Self {
-        RaftTiming {
-            heartbeat_ms: 50,
-            election_min_ms: 300,
-            election_max_ms: 500,
-        }
-    }
-}
+/// How long [`Node::shutdown`] waits for the background tasks before aborting them.
+const TASKS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -78,13 +36,55 @@ pub enum NodeError {
     #[error("state machine: {0}")]
     StateMachine(#[from] std::io::Error),
     #[error("raft configuration: {0}")]
-    Config(String),
+    Config(#[source] openraft::ConfigError),
+    #[error("raft configuration: http client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// Raft has stopped (or failed to start).
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] Fatal<TypeConfig>),
+    #[error("raft: {0}")]
+    Initialize(#[source] InitializeError<TypeConfig>),
+    /// Leadership could not be confirmed with a quorum.
+    #[error("raft: {0}")]
+    Read(#[source] LinearizableReadError<TypeConfig>),
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    #[error(
+        "node {0} is the witness: it cannot acknowledge writes, so it never takes leadership on request"
+    )]
+    WitnessTarget(NodeId),
+    /// The configuration or the data on disk cannot make a node (the message says why).
     #[error("{0}")]
     Invalid(String),
-    #[error("timed out: {0}")]
-    Timeout(String),
+    #[error("timed out: leadership did not move to node {to}: {source}")]
+    TransferTimeout {
+        to: NodeId,
+        #[source]
+        source: openraft::metrics::WaitError,
+    },
+}
+
+impl From<RaftError<TypeConfig, InitializeError<TypeConfig>>> for NodeError {
+    fn from(e: RaftError<TypeConfig, InitializeError<TypeConfig>>) -> Self {
+        match e {
+            RaftError::APIError(e) => NodeError::Initialize(e),
+            RaftError::Fatal(f) => NodeError::Raft(f),
+        }
+    }
+}
+
+impl From<RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> for NodeError {
+    fn from(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Self {
+        match e {
+            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => {
+                NodeError::NotLeader(NotLeader::from_forward(f))
+            }
+            RaftError::APIError(e) => NodeError::Read(e),
+            RaftError::Fatal(f) => NodeError::Raft(f),
+        }
+    }
 }
 
 /// A running node.
@@ -101,6 +101,10 @@ pub struct Node {
     records: Arc<std::sync::OnceLock<RecordStore>>,
     pub sink: SinkMonitor,
     pub options: NodeOptions,
+    /// Every background task this node started, joined by [`Node::shutdown`].
+    tasks: Tasks,
+    /// One membership operation at a time on this node (`crate::membership`).
+    pub(crate) membership_op: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -119,69 +123,63 @@ impl Node {
 
         let config = raft_config(&options)?;
         let network = HttpNetwork::new(options.secret.clone(), options.source_ip)
-            .map_err(|e| NodeError::Config(format!("http client: {e}")))?;
-        let raft = Raft::new(options.id, Arc::new(config), network, log.clone(), sm)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            .map_err(NodeError::HttpClient)?;
+        let raft = Raft::new(
+            options.id,
+            Arc::new(config),
+            network.clone(),
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(NodeError::Raft)?;
+        let tasks = Tasks::new();
         // Recovery (applying what the cluster committed over this node's log) needs peers,
         // which need our HTTP server: watch for it in the background; `/readyz` reports it.
         let recovered = Arc::new(AtomicBool::new(false));
-        {
-            let raft = raft.clone();
-            let recovered = recovered.clone();
-            tokio::spawn(async move {
-                loop {
-                    match raft
-                        .wait_for_recovery(Some(Duration::from_secs(3600)))
-                        .await
-                    {
-                        Ok(_) => {
-                            recovered.store(true, Ordering::Release);
-                            return;
-                        }
-                        Err(openraft::metrics::WaitError::Timeout(..)) => continue,
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
-        let ingest = IngestQueue::start(raft.clone(), options.batcher.clone());
-        if options.role == Role::Witness {
-            let every = Duration::from_millis(options.timing.heartbeat_ms.max(10) * 2);
-            tokio::spawn(hand_leadership_to_data_node(raft.clone(), every));
-            tokio::spawn(witness_campaign(raft.clone(), options.timing.clone()));
-        }
+        tasks.spawn(watch_recovery(raft.clone(), recovered.clone()));
+        let ingest = IngestQueue::start(raft.clone(), options.batcher.clone(), &tasks);
         let records = Arc::new(std::sync::OnceLock::new());
         let sink = SinkMonitor::default();
-        if let (Role::Data, Some(url)) = (options.role, options.record_store.clone()) {
-            tokio::spawn(connect_records(
-                url,
-                raft.clone(),
-                state.clone(),
-                records.clone(),
-                sink.clone(),
-                options.sink.clone(),
-            ));
-        }
         match options.role {
             Role::Data => {
-                tokio::spawn(publish_snapshot_floor(raft.clone(), state.clone()));
+                if let Some(url) = options.record_store.clone() {
+                    tasks.spawn(connect_records(
+                        url,
+                        raft.clone(),
+                        state.clone(),
+                        records.clone(),
+                        sink.clone(),
+                        options.sink.clone(),
+                    ));
+                }
+                tasks.spawn(retention::publish_snapshot_floor(
+                    raft.clone(),
+                    state.clone(),
+                    network,
+                ));
+                tasks.spawn(retention::purge_behind_snapshots(
+                    raft.clone(),
+                    state.clone(),
+                    options.record_store.is_some(),
+                    options.log_keep_behind_snapshot,
+                ));
             }
             Role::Witness => {
-                tokio::spawn(witness_purge(
+                tasks.spawn(witness::hand_leadership_to_data_node(
+                    raft.clone(),
+                    witness::hand_over_every(&options.timing),
+                ));
+                tasks.spawn(witness::witness_campaign(
+                    raft.clone(),
+                    options.timing.clone(),
+                ));
+                tasks.spawn(witness::witness_purge(
                     raft.clone(),
                     state.clone(),
                     options.witness_max_log_entries,
                 ));
             }
-        }
-        if options.role == Role::Data {
-            tokio::spawn(purge_behind_snapshots(
-                raft.clone(),
-                state.clone(),
-                options.record_store.is_some(),
-                options.log_keep_behind_snapshot,
-            ));
         }
         Ok(Arc::new(Node {
             id: options.id,
@@ -195,18 +193,15 @@ impl Node {
             records,
             sink,
             options,
+            tasks,
+            membership_op: tokio::sync::Mutex::new(()),
         }))
     }
 
     /// Forms the cluster from `options.members`; `Ok(false)` when this node already belongs
     /// to a cluster (init is then a harmless no-op).
     pub async fn initialize(&self) -> Result<bool, NodeError> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
+        if self.raft.is_initialized().await.map_err(NodeError::Raft)? {
             return Ok(false);
         }
         let members = initial_members(&self.options)?;
@@ -217,7 +212,7 @@ impl Node {
                 if self.raft.is_initialized().await.unwrap_or(false) {
                     Ok(false)
                 } else {
-                    Err(NodeError::Raft(e.to_string()))
+                    Err(e.into())
                 }
             }
         }
@@ -319,9 +314,9 @@ impl Node {
         bytes: usize,
     ) -> Result<IngestAck, IngestError> {
         if !self.is_leader() {
-            return Err(IngestError::NotLeader {
+            return Err(IngestError::NotLeader(NotLeader {
                 leader: self.leader(),
-            });
+            }));
         }
         if self.role == Role::Witness {
             return Err(IngestError::WitnessLeader);
@@ -336,11 +331,7 @@ impl Node {
     /// Confirms leadership with a quorum and waits until everything committed before this
     /// call is applied locally; returns the read index. Leader only.
     pub async fn linearizable_barrier(&self) -> Result<u64, NodeError> {
-        let read = self
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
         Ok(read.index())
     }
 
@@ -366,22 +357,21 @@ impl Node {
         timeout: Duration,
     ) -> Result<NodeId, NodeError> {
         match self.member(to) {
-            None => return Err(NodeError::Invalid(format!("node {to} is not a member"))),
-            Some(n) if n.witness => {
-                return Err(NodeError::Invalid(format!(
-                    "node {to} is the witness: it cannot acknowledge writes, so it never takes leadership on request"
-                )))
-            }
+            None => return Err(NodeError::NotMember(to)),
+            Some(n) if n.witness => return Err(NodeError::WitnessTarget(to)),
             Some(_) => {}
         }
         if !self.is_leader() {
-            return Err(NodeError::Invalid("this node is not the leader".into()));
+            return Err(NotLeader {
+                leader: self.leader().filter(|(id, _)| *id != self.id),
+            }
+            .into());
         }
         self.raft
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            .map_err(NodeError::Raft)?;
         let me = self.id;
         let m = self
             .raft
@@ -391,9 +381,7 @@ impl Node {
                 "leadership moved",
             )
             .await
-            .map_err(|e| {
-                NodeError::Timeout(format!("leadership did not move to node {to}: {e}"))
-            })?;
+            .map_err(|source| NodeError::TransferTimeout { to, source })?;
         Ok(m.current_leader.unwrap_or(to))
     }
 
@@ -413,10 +401,38 @@ impl Node {
         }
     }
 
-    /// Stops Raft. The HTTP server should already be closed.
+    /// Stops Raft, then cancels the node's background tasks and waits (bounded) until they
+    /// have ended. The HTTP server should already be closed.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+        self.tasks.shutdown(TASKS_SHUTDOWN_TIMEOUT).await;
+    }
+
+    /// This node's answer to the leader's snapshot-index RPC (`/raft/snapshot-index`).
+    pub fn snapshot_index(&self) -> SnapshotIndexReply {
+        SnapshotIndexReply {
+            node_id: self.id,
+            snapshot_index: self.metrics().snapshot.map(|l| l.index),
+        }
+    }
+}
+
+/// Sets `recovered` once the state machine has applied what the cluster had committed over
+/// this node's log when it started.
+async fn watch_recovery(raft: Raft, recovered: Arc<AtomicBool>) {
+    loop {
+        match raft
+            .wait_for_recovery(Some(Duration::from_secs(3600)))
+            .await
+        {
+            Ok(_) => {
+                recovered.store(true, Ordering::Release);
+                return;
+            }
+            Err(openraft::metrics::WaitError::Timeout(..)) => continue,
+            Err(_) => return,
         }
     }
 }
@@ -446,152 +462,6 @@ async fn connect_records(
     sink::run(raft, state, store, config, monitor).await;
 }
 
-/// Purges the log behind snapshots, but never past an event the record store may still
-/// lack: the sink queue in the replicated state already carries those events, and keeping
-/// their log entries too means an operator can always rebuild them from the log.
-async fn purge_behind_snapshots(raft: Raft, state: SharedState, has_sink: bool, keep: u64) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (snapshot, purged) = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            if m.running_state.is_err() {
-                return;
-            }
-            (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
-        };
-        let Some(snapshot) = snapshot else { continue };
-        let oldest_pending = if has_sink {
-            state.read().state.pending_status().oldest_pending_index
-        } else {
-            None
-        };
-        let floor = oldest_pending.map_or(snapshot, |oldest| oldest.saturating_sub(1));
-        let upto = snapshot.min(floor).saturating_sub(keep);
-        if upto > 0 && Some(upto) > purged {
-            if let Err(e) = raft.trigger().purge_log(upto).await {
-                tracing::debug!("purge: {e}");
-                return;
-            }
-        }
-    }
-}
-
-/// On the leader: learns how far every data member's snapshot reaches and publishes the
-/// minimum as [`Request::SnapshotFloor`], so the witness knows what it may purge. A data
-/// member that cannot be asked (down) holds the floor where it was.
-async fn publish_snapshot_floor(raft: Raft, state: SharedState) {
-    let Ok(http) = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(1))
-        .build()
-    else {
-        return;
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (me, own, members) = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            if m.running_state.is_err() {
-                return;
-            }
-            if m.state != ServerState::Leader {
-                continue;
-            }
-            let members: Vec<(NodeId, String)> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, n)| **id != m.id && !n.witness)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect();
-            (m.id, m.snapshot.map(|l| l.index).unwrap_or(0), members)
-        };
-        let mut floor = own;
-        for (id, addr) in members {
-            let index = async {
-                let v: serde_json::Value = http
-                    .get(format!("http://{addr}/v1/cluster"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                (v["node_id"].as_u64() == Some(id))
-                    .then(|| v["snapshot_index"].as_u64().unwrap_or(0))
-            }
-            .await;
-            match index {
-                Some(i) => floor = floor.min(i),
-                None => {
-                    floor = 0;
-                    break;
-                }
-            }
-        }
-        let current = state.read().snapshot_floor;
-        if floor > current {
-            tracing::debug!(leader = me, floor, "publishing snapshot floor");
-            if let Err(e) = raft.client_write(Request::SnapshotFloor(floor)).await {
-                tracing::debug!("publishing snapshot floor: {e}");
-            }
-        }
-    }
-}
-
-/// On the witness: purges the log up to the snapshot floor (what every data member holds in
-/// a snapshot), and beyond it only when more than `max_entries` would be kept.
-async fn witness_purge(raft: Raft, state: SharedState, max_entries: u64) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned_at = 0u64;
-    loop {
-        tick.tick().await;
-        let (snapshot, purged, last) = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            if m.running_state.is_err() {
-                return;
-            }
-            (
-                m.snapshot.map(|l| l.index),
-                m.purged.map(|l| l.index).unwrap_or(0),
-                m.last_log_index.unwrap_or(0),
-            )
-        };
-        let Some(snapshot) = snapshot else { continue };
-        let floor = state.read().snapshot_floor;
-        let mut upto = snapshot.min(floor);
-        let over_bound = last.saturating_sub(max_entries);
-        if over_bound > upto {
-            let forced = over_bound.min(snapshot);
-            if forced > upto && forced > warned_at {
-                tracing::warn!(
-                    floor,
-                    purge_to = forced,
-                    max_entries,
-                    "witness log over its bound: purging past the snapshot floor; a data node \
-                     behind index {forced} can now only be rebuilt from the other data node"
-                );
-                warned_at = forced + max_entries / 10;
-            }
-            upto = upto.max(forced);
-        }
-        if upto > purged {
-            if let Err(e) = raft.trigger().purge_log(upto).await {
-                tracing::debug!("witness purge: {e}");
-                return;
-            }
-        }
-    }
-}
-
 /// Refuses to start when the log was purged past the state we could restore: the entries
 /// in between are gone, and applying the rest would silently skip them. (This happens only
 /// when the newest snapshot file is corrupt and an older one was used.)
@@ -610,44 +480,6 @@ async fn check_no_gap(log: &LogStore<TypeConfig>, state: &SharedState) -> Result
         )));
     }
     Ok(())
-}
-
-/// A witness can win an election (e.g. when a data node's vote request was refused under the
-/// dead leader's lease and the witness's own timer fired next), but it cannot acknowledge
-/// writes. While it leads, it hands leadership to the first data voter that holds its whole
-/// log; until one does, writes get a clear 503 (`witness_leader`).
-async fn hand_leadership_to_data_node(raft: Raft, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let target = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            if m.state != ServerState::Leader {
-                continue;
-            }
-            let membership = m.membership_config.membership();
-            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-            m.replication.as_ref().and_then(|progress| {
-                progress
-                    .iter()
-                    .find(|(id, matched)| {
-                        voters.contains(*id)
-                            && membership.get_node(*id).is_some_and(|n| !n.witness)
-                            && matched.as_ref().map(|l| l.index) == m.last_log_index
-                    })
-                    .map(|(id, _)| *id)
-            })
-        };
-        if let Some(to) = target {
-            tracing::info!(
-                to,
-                "witness is leader: handing leadership to an up-to-date data node"
-            );
-            if raft.trigger().transfer_leader(to).await.is_err() {
-                return; // Raft has stopped.
-            }
-        }
-    }
 }
 
 fn initial_members(options: &NodeOptions) -> Result<BTreeMap<NodeId, TallyNode>, NodeError> {
@@ -709,14 +541,14 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
         election_timeout_min: t.election_min_ms,
         election_timeout_max: t.election_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_threshold.max(1)),
-        // Purging is ours (`purge_behind_snapshots`): openraft's automatic purge does not
+        // Purging is ours (`retention::purge_behind_snapshots`): openraft's automatic purge does not
         // know about the record store.
         max_in_snapshot_log_to_keep: u64::MAX,
         install_snapshot_timeout: 60_000,
         ..Default::default()
     };
     if options.role == Role::Witness {
-        // The witness never starts an election on its own timer (`witness_campaign` decides
+        // The witness never starts an election on its own timer (`witness::witness_campaign` decides
         // when it must), so a data node wins every ordinary election. Its election timeout
         // then only sets its leader lease — how long after the last heartbeat it refuses to
         // vote for someone else — and a short lease lets the surviving data node win its
@@ -728,58 +560,5 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
             .max(t.heartbeat_ms + 1)
             .min(config.election_timeout_max - 1);
     }
-    config
-        .validate()
-        .map_err(|e| NodeError::Config(e.to_string()))
-}
-
-/// On the witness: campaign only when no leader has been heard of for one and a half data
-/// election timeouts — time enough for the surviving data node's first election — i.e. the
-/// data nodes could not elect one of themselves, typically because the only live data node
-/// lacks entries that the witness holds. The witness then leads as caretaker
-/// (`hand_leadership_to_data_node`).
-async fn witness_campaign(raft: Raft, timing: RaftTiming) {
-    let quiet_limit = Duration::from_millis(timing.election_max_ms * 3 / 2 + timing.heartbeat_ms);
-    let mut tick = tokio::time::interval(Duration::from_millis(timing.heartbeat_ms.max(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_leader_heard = std::time::Instant::now();
-    loop {
-        tick.tick().await;
-        let (leading, following) = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            if m.running_state.is_err() {
-                return;
-            }
-            (
-                m.state == ServerState::Leader,
-                m.current_leader.is_some() && m.vote.is_committed(),
-            )
-        };
-        let now = std::time::Instant::now();
-        if leading {
-            last_leader_heard = now;
-            continue;
-        }
-        if following {
-            // A follower's vote is refreshed by every heartbeat of the leader it follows:
-            // its age is the time since the leader was last heard.
-            let Ok(since_vote) = raft
-                .with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
-                .await
-            else {
-                return;
-            };
-            if let Some(heard) = since_vote.and_then(|age| now.checked_sub(age)) {
-                last_leader_heard = last_leader_heard.max(heard);
-            }
-        }
-        if last_leader_heard.elapsed() > quiet_limit {
-            tracing::info!("no leader for {quiet_limit:?}: the witness campaigns as caretaker");
-            if raft.trigger().elect(false).await.is_err() {
-                return;
-            }
-            last_leader_heard = std::time::Instant::now();
-        }
-    }
+    config.validate().map_err(NodeError::Config)
 }

@@ -5,7 +5,7 @@
 //! wire format so both sides agree by construction.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// HTTP header that carries the cluster secret on every `/raft` request.
 pub const SECRET_HEADER: &str = "x-tally-secret";
@@ -17,6 +17,25 @@ pub mod path {
     pub const PRE_VOTE: &str = "/raft/pre-vote";
     pub const SNAPSHOT: &str = "/raft/snapshot";
     pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
+    /// Tally's own: how far a data member's snapshot reaches (for the snapshot floor).
+    pub const SNAPSHOT_INDEX: &str = "/raft/snapshot-index";
+}
+
+/// Body of [`path::SNAPSHOT_INDEX`]: the leader asks a data member how far its snapshot
+/// reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotIndexRequest {
+    /// The asking node.
+    pub from: u64,
+}
+
+/// Answer to [`path::SNAPSHOT_INDEX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotIndexReply {
+    /// The answering node: the leader counts the answer only from the node it meant to ask.
+    pub node_id: u64,
+    /// Last log index covered by the node's newest snapshot (`None`: no snapshot yet).
+    pub snapshot_index: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +87,23 @@ mod tests {
         assert!(!secret_matches("abc", b"abd"));
         assert!(!secret_matches("abc", b"ab"));
         assert!(!secret_matches("", b"x"));
+    }
+
+    #[test]
+    fn snapshot_index_round_trip() {
+        let reply = SnapshotIndexReply {
+            node_id: 2,
+            snapshot_index: Some(1234),
+        };
+        assert_eq!(
+            decode::<SnapshotIndexReply>(&encode(&reply).unwrap()).unwrap(),
+            reply
+        );
+        let req = SnapshotIndexRequest { from: 1 };
+        assert_eq!(
+            decode::<SnapshotIndexRequest>(&encode(&req).unwrap()).unwrap(),
+            req
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 use tally_storage::records::{RecordError, RecordStore, WriteBatch};
 
-use crate::state_machine::SharedState;
-use crate::types::{Raft, Request};
+use crate::state_machine::{Raft, SharedState};
+use crate::types::Request;
 
 #[derive(Clone, Debug)]
 pub struct SinkConfig {

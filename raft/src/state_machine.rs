@@ -62,6 +62,10 @@ impl SharedState {
     }
 }
 
+/// A node's openraft instance. Declared here, beside the state machine it drives, so that
+/// `types` does not depend back on this module.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
 /// The openraft state machine of one node.
 pub struct StateMachine {
     role: Role,

@@ -1,5 +1,5 @@
-//! The node's status ([`NodeStatus`]), gathered once for `/v1/cluster`, `/metrics` and the
-//! peers' snapshot-floor queries.
+//! The node's status ([`NodeStatus`]), gathered once for `/v1/cluster` and `/metrics`.
+//! (Peers never read it: the snapshot floor travels over Raft RPC, `crate::retention`.)
 
 use std::sync::atomic::Ordering;
 

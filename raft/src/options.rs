@@ -1,0 +1,57 @@
+//! What a node is started with: its options and Raft timers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::batcher::BatcherConfig;
+use crate::sink::SinkConfig;
+use crate::types::{NodeId, Role};
+
+/// Everything needed to start a node; filled from the CLI's configuration.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    pub role: Role,
+    pub data_dir: PathBuf,
+    pub secret: String,
+    /// Initial cluster: id → `host:port`. Used by cluster init.
+    pub members: BTreeMap<NodeId, String>,
+    pub witnesses: BTreeSet<NodeId>,
+    pub timing: RaftTiming,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind a snapshot (lets a briefly lagging follower catch up
+    /// from the log instead of a snapshot).
+    pub log_keep_behind_snapshot: u64,
+    pub batcher: BatcherConfig,
+    /// Record store URL (`mysql://…`, `sqlite://…`); a data node without one runs no sink.
+    pub record_store: Option<String>,
+    pub sink: SinkConfig,
+    /// Local IP that outbound connections to peers are made from (`None`: the OS picks).
+    pub source_ip: Option<std::net::IpAddr>,
+    /// A witness keeps at most this many log entries beyond the snapshot floor; past it, it
+    /// purges anyway (a data node down that long must then be rebuilt from the other data
+    /// node's snapshot).
+    pub witness_max_log_entries: u64,
+}
+
+/// Default of [`NodeOptions::witness_max_log_entries`].
+pub const DEFAULT_WITNESS_MAX_LOG_ENTRIES: u64 = 1_000_000;
+
+/// Raft timers, in milliseconds.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 500,
+        }
+    }
+}
