@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use tally_protocol::NodeStatus;
-use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
+use tally_raft::membership::{self, AddMember, InvalidRequest, MembershipError, Outcome};
 use tally_raft::{NodeId, NotLeader, Role, TallyNode};
 
 use crate::error::ApiError;
@@ -147,21 +147,14 @@ fn parse_add(bytes: &[u8]) -> Result<AddMember, ApiError> {
              \"data\"|\"witness\", \"voter\": true, \"replaces\": N}})"
         ))
     })?;
+    let invalid = |e: InvalidRequest| ApiError::bad_request(e.to_string());
     if body.id == 0 {
-        return Err(ApiError::bad_request("id must be a positive integer"));
+        return Err(invalid(InvalidRequest::ZeroId));
     }
     match body.replaces {
         Some(0) => return Err(ApiError::bad_request("replaces must be a positive node id")),
-        Some(old) if old == body.id => {
-            return Err(ApiError::bad_request(format!(
-                "node {old} cannot replace itself"
-            )))
-        }
-        Some(_) if !body.voter => {
-            return Err(ApiError::bad_request(
-                "\"replaces\" swaps voters: it needs \"voter\": true",
-            ))
-        }
+        Some(old) if old == body.id => return Err(invalid(InvalidRequest::ReplacesItself(old))),
+        Some(_) if !body.voter => return Err(invalid(InvalidRequest::ReplacesNeedsVoter)),
         _ => {}
     }
     membership::validate_addr(&body.addr).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -374,4 +367,136 @@ async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_raft::membership::{
+        InProgress, MemberConflict, NotReady, OutcomeUnknown, UnsafeChange,
+    };
+
+    fn mapped(e: impl Into<MembershipError>) -> (StatusCode, &'static str, Option<u32>, String) {
+        let e = api_error(e.into());
+        (e.status, e.code, e.retry_after, e.message)
+    }
+
+    /// Every kind of membership error keeps its HTTP status, code and Retry-After.
+    #[test]
+    fn membership_errors_map_to_their_status_and_code() {
+        let cases: Vec<(MembershipError, StatusCode, &str, Option<u32>)> = vec![
+            (
+                InvalidRequest::ZeroId.into(),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                None,
+            ),
+            (
+                UnsafeChange::LastVoter(1).into(),
+                StatusCode::CONFLICT,
+                "unsafe_membership",
+                None,
+            ),
+            (
+                MemberConflict::NoSuccessor.into(),
+                StatusCode::CONFLICT,
+                "member_conflict",
+                None,
+            ),
+            (
+                MembershipError::UnknownMember(9),
+                StatusCode::NOT_FOUND,
+                "unknown_member",
+                None,
+            ),
+            (
+                InProgress::OperationRunning.into(),
+                StatusCode::CONFLICT,
+                "membership_change_in_progress",
+                Some(1),
+            ),
+            (
+                MembershipError::CatchUpPending {
+                    id: 4,
+                    timeout: Duration::from_secs(20),
+                    matched: Some(3),
+                    goal: 10,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catch_up_pending",
+                Some(5),
+            ),
+            (
+                NotReady::Silent(vec![2]).into(),
+                StatusCode::CONFLICT,
+                "target_not_ready",
+                None,
+            ),
+            (
+                OutcomeUnknown::LeaderChanged.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                Some(1),
+            ),
+            (
+                NotLeader { leader: None }.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                Some(1),
+            ),
+        ];
+        for (e, status, code, retry_after) in cases {
+            let text = e.to_string();
+            let (s, c, r, message) = mapped(e);
+            assert_eq!((s, c, r), (status, code, retry_after), "{text}");
+            assert_eq!(message, text, "the message is the error's own text");
+        }
+    }
+
+    #[test]
+    fn add_bodies_are_checked_before_anything_changes() {
+        let ok = parse_add(br#"{"id": 4, "addr": "127.0.0.1:7104"}"#).unwrap();
+        assert_eq!(
+            ok,
+            AddMember {
+                id: 4,
+                node: TallyNode::data("127.0.0.1:7104"),
+                voter: true,
+                replaces: None,
+            }
+        );
+        let witness =
+            parse_add(br#"{"id": 5, "addr": "127.0.0.1:7105", "role": "witness", "replaces": 3}"#)
+                .unwrap();
+        assert_eq!(witness.node, TallyNode::witness("127.0.0.1:7105"));
+        assert_eq!(witness.replaces, Some(3));
+        let refused = |body: &str| parse_add(body.as_bytes()).unwrap_err().message;
+        assert_eq!(
+            refused(r#"{"id": 0, "addr": "h:1"}"#),
+            "id must be a positive integer"
+        );
+        assert_eq!(
+            refused(r#"{"id": 4, "addr": "h:1", "replaces": 0}"#),
+            "replaces must be a positive node id"
+        );
+        assert_eq!(
+            refused(r#"{"id": 4, "addr": "h:1", "replaces": 4}"#),
+            "node 4 cannot replace itself"
+        );
+        assert_eq!(
+            refused(r#"{"id": 4, "addr": "h:1", "replaces": 3, "voter": false}"#),
+            "\"replaces\" swaps voters: it needs \"voter\": true"
+        );
+        assert!(refused(r#"{"id": 4, "addr": "h"}"#).contains("has no port"));
+        assert!(refused(r#"{"id": 4, "addr": "h:1", "role": "x"}"#).contains("unknown role"));
+        assert!(refused(r#"{"id": 4, "addr": "h:1", "extra": 1}"#).starts_with("invalid body"));
+    }
+
+    #[test]
+    fn member_ids_in_paths() {
+        assert_eq!(parse_id("7").unwrap(), 7);
+        for bad in ["0", "-1", "x", ""] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
 }
