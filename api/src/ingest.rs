@@ -108,6 +108,7 @@ async fn handle(
             "outcome_unknown",
             format!("{m}; the events may or may not be counted: retry with the same event ids (duplicates are counted once)"),
         )),
-        Err(IngestError::Unavailable(m)) => Err(ApiError::unavailable("unavailable", m)),
+        Err(IngestError::Unavailable(e)) => Err(ApiError::unavailable("unavailable", e.to_string())),
+        Err(IngestError::ShuttingDown) => Err(ApiError::unavailable("unavailable", "node is shutting down")),
     }
 }

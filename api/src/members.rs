@@ -292,3 +292,88 @@ async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_raft::membership::{
+        InProgress, InvalidRequest, MemberConflict, NotReady, OutcomeUnknown, UnsafeChange,
+    };
+
+    fn mapped(e: impl Into<MembershipError>) -> (StatusCode, &'static str, Option<u32>, String) {
+        let e = api_error(e.into());
+        (e.status, e.code, e.retry_after, e.message)
+    }
+
+    /// Every kind of membership error keeps its HTTP status, code and Retry-After.
+    #[test]
+    fn membership_errors_map_to_their_status_and_code() {
+        let cases: Vec<(MembershipError, StatusCode, &str, Option<u32>)> = vec![
+            (
+                InvalidRequest::ZeroId.into(),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                None,
+            ),
+            (
+                UnsafeChange::LastVoter(1).into(),
+                StatusCode::CONFLICT,
+                "unsafe_membership",
+                None,
+            ),
+            (
+                MemberConflict::NoSuccessor.into(),
+                StatusCode::CONFLICT,
+                "member_conflict",
+                None,
+            ),
+            (
+                MembershipError::UnknownMember(9),
+                StatusCode::NOT_FOUND,
+                "unknown_member",
+                None,
+            ),
+            (
+                InProgress::OperationRunning.into(),
+                StatusCode::CONFLICT,
+                "membership_change_in_progress",
+                Some(1),
+            ),
+            (
+                MembershipError::CatchUpPending {
+                    id: 4,
+                    timeout: Duration::from_secs(20),
+                    matched: Some(3),
+                    goal: 10,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catch_up_pending",
+                Some(5),
+            ),
+            (
+                NotReady::Silent(vec![2]).into(),
+                StatusCode::CONFLICT,
+                "target_not_ready",
+                None,
+            ),
+            (
+                OutcomeUnknown::LeaderChanged.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                Some(1),
+            ),
+            (
+                NotLeader { leader: None }.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                Some(1),
+            ),
+        ];
+        for (e, status, code, retry_after) in cases {
+            let text = e.to_string();
+            let (s, c, r, message) = mapped(e);
+            assert_eq!((s, c, r), (status, code, retry_after), "{text}");
+            assert_eq!(message, text, "the message is the error's own text");
+        }
+    }
+}

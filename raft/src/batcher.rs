@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::error::NotLeader;
 use crate::state_machine::Raft;
 use crate::tasks::{Cancel, Tasks};
-use crate::types::Request;
+use crate::types::{Request, TypeConfig};
 
 #[derive(Clone, Debug)]
 pub struct BatcherConfig {
@@ -74,8 +74,11 @@ pub enum IngestError {
     /// The entry may or may not commit; retrying with the same event ids is safe.
     #[error("commit outcome unknown: {0}")]
     Unknown(String),
+    /// Raft refused the proposal or has stopped.
     #[error("cluster unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] RaftError<TypeConfig, ClientWriteError<TypeConfig>>),
+    #[error("cluster unavailable: node is shutting down")]
+    ShuttingDown,
 }
 
 struct Job {
@@ -171,9 +174,7 @@ impl IngestQueue {
                     self.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
                     IngestError::Overloaded
                 }
-                mpsc::error::TrySendError::Closed(_) => {
-                    IngestError::Unavailable("node is shutting down".into())
-                }
+                mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
             })?;
         rx.await
             .unwrap_or_else(|_| Err(IngestError::Unknown("proposal task ended".into())))
@@ -290,7 +291,7 @@ async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
         Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
             IngestError::Unknown("leadership changed while committing".into())
         }
-        Ok(Err(e)) => IngestError::Unavailable(e.to_string()),
+        Ok(Err(e)) => IngestError::Unavailable(e),
     };
     for reply in replies {
         let _ = reply.send(Err(err.clone()));

@@ -562,3 +562,88 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
     }
     config.validate().map_err(NodeError::Config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(role: Role, members: &[(NodeId, &str)], witnesses: &[NodeId]) -> NodeOptions {
+        NodeOptions {
+            id: 1,
+            role,
+            data_dir: std::path::PathBuf::from("/nonexistent"),
+            secret: "s".into(),
+            members: members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            witnesses: witnesses.iter().copied().collect(),
+            timing: RaftTiming::default(),
+            snapshot_threshold: 0,
+            log_keep_behind_snapshot: 1000,
+            batcher: Default::default(),
+            record_store: None,
+            sink: SinkConfig::default(),
+            source_ip: None,
+            witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,
+        }
+    }
+
+    const THREE: &[(NodeId, &str)] = &[(1, "h:1"), (2, "h:2"), (3, "h:3")];
+
+    #[test]
+    fn the_initial_members_carry_their_roles() {
+        let members = initial_members(&options(Role::Data, THREE, &[3])).unwrap();
+        assert_eq!(members[&1], TallyNode::data("h:1"));
+        assert_eq!(members[&2], TallyNode::data("h:2"));
+        assert_eq!(members[&3], TallyNode::witness("h:3"));
+        // A single data node is a cluster too.
+        assert!(initial_members(&options(Role::Data, &[(1, "h:1")], &[])).is_ok());
+    }
+
+    #[test]
+    fn an_impossible_initial_cluster_is_refused() {
+        let refused = |o: NodeOptions| match initial_members(&o) {
+            Err(NodeError::Invalid(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(refused(options(Role::Data, &[], &[])).contains("cluster.members is empty"));
+        assert!(refused(options(Role::Data, &[(2, "h:2")], &[]))
+            .contains("this node (id 1) is not listed"));
+        assert!(refused(options(Role::Data, THREE, &[4])).contains("names node 4"));
+        assert!(
+            refused(options(Role::Data, &[(1, "h:1")], &[1])).contains("at least one data node")
+        );
+        assert!(refused(options(Role::Data, THREE, &[2, 3])).contains("2 witnesses and 1 data"));
+    }
+
+    #[test]
+    fn the_witness_never_campaigns_on_its_own_timer_and_has_a_short_lease() {
+        let data = raft_config(&options(Role::Data, THREE, &[3])).unwrap();
+        assert!(data.enable_elect);
+        assert_eq!(
+            (data.election_timeout_min, data.election_timeout_max),
+            (300, 500)
+        );
+        assert_eq!(
+            data.max_in_snapshot_log_to_keep,
+            u64::MAX,
+            "purging is ours"
+        );
+        let witness = raft_config(&options(Role::Witness, THREE, &[3])).unwrap();
+        assert!(!witness.enable_elect);
+        assert_eq!(
+            (witness.election_timeout_min, witness.election_timeout_max),
+            (150, 250)
+        );
+        // Short timers: the lease still outlasts a heartbeat.
+        let mut fast = options(Role::Witness, THREE, &[3]);
+        fast.timing = RaftTiming {
+            heartbeat_ms: 100,
+            election_min_ms: 150,
+            election_max_ms: 200,
+        };
+        let witness = raft_config(&fast).unwrap();
+        assert_eq!(
+            (witness.election_timeout_min, witness.election_timeout_max),
+            (101, 102)
+        );
+    }
+}
