@@ -1,4 +1,5 @@
-//! Node configuration: the TOML file documented in docs/architecture.md#configuration, overridden by flags and `TALLY_*` variables.
+//! Node configuration: the TOML file documented in docs/architecture.md#configuration,
+//! overridden by flags and `TALLY_*` variables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -116,10 +117,12 @@ pub struct ServeArgs {
     /// Raft heartbeat interval in ms.
     #[arg(long, env = "TALLY_RAFT_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Lower bound of the election timeout in ms (a witness uses twice this).
+    /// Lower bound of the election timeout in ms (a witness uses half of it, as its leader
+    /// lease only: it never campaigns on its own timer).
     #[arg(long, env = "TALLY_RAFT_ELECTION_MIN_MS")]
     pub election_min_ms: Option<u64>,
-    /// Upper bound of the election timeout in ms (a witness uses twice this).
+    /// Upper bound of the election timeout in ms (a witness uses half of it, as its leader
+    /// lease only).
     #[arg(long, env = "TALLY_RAFT_ELECTION_MAX_MS")]
     pub election_max_ms: Option<u64>,
     /// Build a snapshot after this many log entries.
@@ -379,7 +382,8 @@ fn parse_member_flags(list: &[String]) -> Result<BTreeMap<u64, String>> {
 mod tests {
     use super::*;
 
-    const SPEC_EXAMPLE: &str = r#"
+    /// The example of docs/architecture.md#configuration, which must work as written.
+    const DOCUMENTED_EXAMPLE: &str = r#"
 id = 1
 role = "data"                     # "data" or "witness"
 listen = "127.0.0.1:7101"         # HTTP: public API and /raft RPC
@@ -397,10 +401,10 @@ witnesses = [3]
 "#;
 
     #[test]
-    fn spec_example_parses() {
+    fn documented_example_parses() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, SPEC_EXAMPLE).unwrap();
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
         let cfg = ServeArgs {
             config: Some(path),
             ..Default::default()
@@ -419,7 +423,7 @@ witnesses = [3]
     fn flags_override_file_and_typos_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, SPEC_EXAMPLE).unwrap();
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
         let cfg = ServeArgs {
             config: Some(path.clone()),
             secret: Some("other".into()),
@@ -429,7 +433,11 @@ witnesses = [3]
         .unwrap();
         assert_eq!(cfg.node.secret, "other");
 
-        std::fs::write(&path, format!("{SPEC_EXAMPLE}\nsnapshot_treshold = 5\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{DOCUMENTED_EXAMPLE}\nsnapshot_treshold = 5\n"),
+        )
+        .unwrap();
         let err = ServeArgs {
             config: Some(path),
             ..Default::default()
@@ -445,7 +453,7 @@ witnesses = [3]
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
-            SPEC_EXAMPLE.replace("role = \"data\"", "role = \"witness\""),
+            DOCUMENTED_EXAMPLE.replace("role = \"data\"", "role = \"witness\""),
         )
         .unwrap();
         let err = ServeArgs {
@@ -461,7 +469,7 @@ witnesses = [3]
     fn advertise_replaces_listen_as_the_members_address() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, SPEC_EXAMPLE).unwrap();
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
         let args = |listen: &str, advertise: Option<&str>, source_ip: Option<&str>| ServeArgs {
             config: Some(path.clone()),
             listen: Some(listen.into()),
