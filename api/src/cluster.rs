@@ -68,7 +68,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let out = render_metrics(&app.node.status());
+    let out = render_metrics(&app.node.status_in_memory());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -32,6 +32,16 @@ async fn accept<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, Response> {
+    accept_within(app, headers, body, MAX_RPC_BYTES).await
+}
+
+/// [`accept`] with a smaller body bound, for RPCs whose requests are a few bytes.
+async fn accept_within<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+) -> Result<T, Response> {
     let given = headers
         .get(rpc::SECRET_HEADER)
         .map(|v| v.as_bytes())
@@ -39,7 +49,7 @@ async fn accept<T: serde::de::DeserializeOwned>(
     if !rpc::secret_matches(&app.secret, given) {
         return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
     }
-    let bytes = read_body(body, MAX_RPC_BYTES)
+    let bytes = read_body(body, max_bytes)
         .await
         .map_err(IntoResponse::into_response)?;
     rpc::decode(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
@@ -96,7 +106,7 @@ pub async fn snapshot_index(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match accept::<SnapshotIndexRequest>(&app, &headers, body).await {
+    match accept_within::<SnapshotIndexRequest>(&app, &headers, body, 1024).await {
         Ok(_) => reply(Ok::<_, std::convert::Infallible>(app.node.snapshot_index())),
         Err(resp) => resp,
     }

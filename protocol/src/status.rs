@@ -189,12 +189,18 @@ pub struct IngestStatus {
 pub struct SinkStatus {
     /// This node has a record store.
     pub enabled: bool,
+    // The queue's figures default to zero: a node of the previous version answered only
+    // `{"enabled": false}` without a record store.
     /// Log index up to which the record store holds every event, as replicated.
+    #[serde(default)]
     pub replicated_cursor: u64,
     /// Counted events not yet confirmed in the store.
+    #[serde(default)]
     pub pending_events: u64,
+    #[serde(default)]
     pub oldest_pending_index: Option<u64>,
     /// Events dropped at the pending queue's cap (never written).
+    #[serde(default)]
     pub dropped_events: u64,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<SinkDetail>,
@@ -293,6 +299,14 @@ mod tests {
         assert_eq!(json["sink"]["pending_events"], 3);
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn the_previous_versions_disabled_sink_still_parses() {
+        let mut json = serde_json::to_value(sample(SinkStatus::default())).unwrap();
+        json["sink"] = serde_json::json!({"enabled": false});
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.sink, SinkStatus::default());
     }
 
     #[test]

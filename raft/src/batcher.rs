@@ -231,9 +231,13 @@ async fn run(
             drop(permit);
         });
     }
-    // Requests still queued were never proposed: when `rx` drops they are answered with an
-    // unknown outcome (retrying them is safe). Those in flight are answered once their
-    // proposal ends (the node stops Raft first, so that is prompt).
+    // Requests still queued were never proposed: they are certainly not committed, and say
+    // so. Those in flight are answered once their proposal ends (the node stops Raft first,
+    // so that is prompt).
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        let _ = job.reply.send(Err(IngestError::ShuttingDown));
+    }
     while commits.join_next().await.is_some() {}
 }
 

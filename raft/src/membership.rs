@@ -709,10 +709,12 @@ pub async fn transfer_leader(
             NodeError::TransferTimeout { to, source } => {
                 OutcomeUnknown::Transfer { to, source }.into()
             }
-            NodeError::NotLeader(n) => MembershipError::NotLeader(n),
-            e @ (NodeError::NotMember(_) | NodeError::WitnessTarget(_)) => {
-                InvalidRequest::Refused(Box::new(e)).into()
-            }
+            // Leadership moved while the hand-over was being prepared: the request is
+            // refused (400), not forwarded; the new leader would pick its own successor,
+            // possibly this node again.
+            e @ (NodeError::NotLeader(_)
+            | NodeError::NotMember(_)
+            | NodeError::WitnessTarget(_)) => InvalidRequest::Refused(Box::new(e)).into(),
             other => MembershipError::Raft(RaftFailure::Node(Box::new(other))),
         })?;
     Ok((

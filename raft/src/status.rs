@@ -1,5 +1,6 @@
 //! The node's status ([`NodeStatus`]), gathered once for `/v1/cluster` and `/metrics`.
-//! (Peers never read it: the snapshot floor travels over Raft RPC, `crate::retention`.)
+//! (The raft crate never reads a peer's status: the snapshot floor travels over Raft RPC,
+//! `crate::retention`.)
 
 use std::sync::atomic::Ordering;
 
@@ -29,6 +30,16 @@ fn raft_state(s: ServerState) -> RaftState {
 impl Node {
     /// Everything this node knows about itself and the cluster, as one value.
     pub fn status(&self) -> NodeStatus {
+        self.gather_status(true)
+    }
+
+    /// [`Node::status`] without the snapshot file list, which reads files: for `/metrics`,
+    /// which scrapers poll often and which has no use for it.
+    pub fn status_in_memory(&self) -> NodeStatus {
+        self.gather_status(false)
+    }
+
+    fn gather_status(&self, with_snapshot_files: bool) -> NodeStatus {
         let m = self.metrics();
         let replication = m.replication.clone().unwrap_or_default();
         let membership = m.membership_config.membership();
@@ -54,8 +65,12 @@ impl Node {
         };
         let sync = self.log.sync_stats();
         let log = self.log.log_stats();
-        let snapshots = self
-            .snapshot_files()
+        let files = if with_snapshot_files {
+            self.snapshot_files()
+        } else {
+            Vec::new()
+        };
+        let snapshots = files
             .into_iter()
             .map(|s| SnapshotFileStatus {
                 index: s.order,

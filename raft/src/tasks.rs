@@ -79,8 +79,10 @@ impl Tasks {
 
     /// Cancels every task and waits up to `timeout` for them to end; the rest are aborted.
     pub async fn shutdown(&self, timeout: Duration) {
-        let _ = self.cancel.send(true);
+        // Take the set first, so no task can start after the signal without being joined;
+        // `send_replace` stores the signal even when no task is listening any more.
         let set = self.set.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.cancel.send_replace(true);
         let Some(mut set) = set else { return };
         let joined = tokio::time::timeout(timeout, async {
             while let Some(result) = set.join_next().await {
@@ -108,26 +110,62 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    /// Sets its flag when dropped: shows a task was cancelled, not left running.
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
     #[tokio::test]
     async fn shutdown_cancels_and_joins() {
         let tasks = Tasks::new();
+        // A task that never ends on its own: `spawn` must drop it at the signal, well
+        // before the bound (which would abort it instead).
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = DropFlag(dropped.clone());
+        tasks.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
         let finished = Arc::new(AtomicBool::new(false));
-        tasks.spawn(std::future::pending());
         let cancel = tasks.cancel_signal();
         let done = finished.clone();
         tasks.spawn_owned(async move {
             cancel.cancelled().await;
             done.store(true, Ordering::Release);
         });
-        tasks.shutdown(Duration::from_secs(5)).await;
+        tokio::task::yield_now().await;
+        assert!(!dropped.load(Ordering::Acquire), "running until cancelled");
+        let started = std::time::Instant::now();
+        tasks.shutdown(Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "joined at the signal, not at the bound"
+        );
+        assert!(dropped.load(Ordering::Acquire), "spawned task dropped");
         assert!(
             finished.load(Ordering::Acquire),
             "owned task saw the signal"
         );
         assert!(tasks.cancel_signal().is_cancelled());
         // Nothing starts after shutdown.
-        tasks.spawn(async { panic!("must not run") });
-        tokio::task::yield_now().await;
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        tasks.spawn(async move { flag.store(true, Ordering::Release) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !ran.load(Ordering::Acquire),
+            "a task spawned after shutdown ran"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_signal_holds_when_every_task_already_ended() {
+        let tasks = Tasks::new();
+        tasks.shutdown(Duration::from_millis(50)).await;
+        assert!(tasks.cancel_signal().is_cancelled());
     }
 
     #[tokio::test]
