@@ -9,25 +9,19 @@
 //! every usage table equal to a `GROUP BY` over `events`, the in-memory aggregates equal to
 //! the usage tables.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::records::{
+use crate::common::records::{
     assert_first_occurrence_wins, assert_records_exact, assert_tampering_is_detected, kill_leader,
     pause_leader, RecordsDb, Workload, WorkloadOpts,
 };
-use common::{now_ms, Cluster, ClusterOpts};
-
-/// The tests of this file take turns: the chaos test's timing should not compete for the
-/// two cores with the other.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::common::{now_ms, Cluster, ClusterOpts};
 
 const TOTAL_EVENTS: u64 = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_records_are_exact_through_leader_kills() {
-    let _turn = TURN.lock().await;
+    let _turn = crate::common::HEAVY.lock().await;
     let store_dir = tempfile::Builder::new()
         .prefix("tally-records-")
         .tempdir()
@@ -87,7 +81,7 @@ async fn sqlite_records_are_exact_through_leader_kills() {
     let sink = cluster
         .wait_sink_caught_up(outcome.max_ack_index, Duration::from_secs(120))
         .await;
-    eprintln!("[test] sink caught up at {:?}: {sink}", started.elapsed());
+    eprintln!("[test] sink caught up at {:?}: {sink:?}", started.elapsed());
     cluster.assert_same_state().await;
 
     let records = RecordsDb::sqlite(&path).await;
@@ -111,7 +105,7 @@ async fn sqlite_records_are_exact_through_leader_kills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_the_first_occurrence_of_a_duplicate_id() {
-    let _turn = TURN.lock().await;
+    let _turn = crate::common::HEAVY.lock().await;
     let store_dir = tempfile::Builder::new()
         .prefix("tally-records-")
         .tempdir()

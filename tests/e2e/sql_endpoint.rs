@@ -11,12 +11,10 @@
 //!
 //! The two tests take turns (a lock), so their timing checks do not compete for the CPU.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::records::{event_id, gen_event, RecordsDb};
-use common::{now_ms, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES, WITNESS};
+use crate::common::records::{event_id, gen_event, RecordsDb};
+use crate::common::{now_ms, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES, WITNESS};
 use serde_json::{json, Value};
 use tally_testkit::MariaDb;
 
@@ -24,8 +22,6 @@ const TIMEOUT_MS: u64 = 1_000;
 const MAX_ROWS: usize = 50;
 /// Events posted before the checks (more than MAX_ROWS).
 const SEED_EVENTS: u64 = 80;
-
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
@@ -44,7 +40,7 @@ fn opts(record_store: String) -> ClusterOpts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_endpoint_on_sqlite() {
-    let _turn = TURN.lock().await;
+    let _turn = crate::common::HEAVY.lock().await;
     let store = tempfile::Builder::new()
         .prefix("tally-sql-")
         .tempdir()
@@ -58,7 +54,7 @@ async fn sql_endpoint_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_endpoint_on_mariadb() {
-    let _turn = TURN.lock().await;
+    let _turn = crate::common::HEAVY.lock().await;
     let mariadb = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let (cluster, leader) = Cluster::start_formed(opts(mariadb.url())).await;
     let db = RecordsDb::MariaDb(&mariadb);
@@ -598,7 +594,11 @@ async fn exercise(
     let row = &answer["rows"][0];
     assert_eq!(row[0], json!(event_id(n)));
     assert!(row[1].as_u64().is_some_and(|i| i >= 1), "log_index: {row}");
-    assert_eq!(row[2], json!(common::event_ts_ms(&e)), "ts_ms: {row}");
+    assert_eq!(
+        row[2],
+        json!(crate::common::event_ts_ms(&e)),
+        "ts_ms: {row}"
+    );
     assert_eq!(row[3], json!(e["kind"].as_str().unwrap_or("request")));
     assert_eq!(row[4], json!(""), "an absent tenant is '': {row}");
     assert_eq!(row[5], e["response_code"]);

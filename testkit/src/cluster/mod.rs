@@ -480,8 +480,9 @@ impl ProcessCluster {
 
     /// Sends `signal` to running node `id` and returns at once (see
     /// [`ProcessCluster::try_reap`] for its exit).
-    pub fn signal(&mut self, id: u64, signal: Signal) -> Result<()> {
-        match self.node_mut(id)?.process.as_mut() {
+    pub fn signal(&self, id: u64, signal: Signal) -> Result<()> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        match node.process.as_ref() {
             Some(p) => p.signal(signal).with_context(|| format!("node {id}")),
             None => bail!("node {id} is not running"),
         }
@@ -494,12 +495,12 @@ impl ProcessCluster {
 
     /// SIGSTOP: node `id` keeps its sockets and state but does nothing until
     /// [`ProcessCluster::resume`]; its HTTP answers wait for the resume.
-    pub fn pause(&mut self, id: u64) -> Result<()> {
+    pub fn pause(&self, id: u64) -> Result<()> {
         self.signal(id, Signal::Stop)
     }
 
     /// SIGCONT.
-    pub fn resume(&mut self, id: u64) -> Result<()> {
+    pub fn resume(&self, id: u64) -> Result<()> {
         self.signal(id, Signal::Cont)
     }
 
