@@ -214,7 +214,8 @@ impl ProcessCluster {
         let (temp, dir) = match &spec.dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                (None, d.clone())
+                // Absolute, so the configs do not depend on the nodes' working directory.
+                (None, std::path::absolute(d)?)
             }
             None => {
                 let t = tempfile::Builder::new()
