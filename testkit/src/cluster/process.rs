@@ -251,7 +251,7 @@ mod tests {
         assert!(log.contains("probe=yes"), "{log}");
 
         // kill() ends a paused child too.
-        let mut p = Process::spawn(&launch).unwrap();
+        let p = Process::spawn(&launch).unwrap();
         p.signal(Signal::Stop).unwrap();
         let status = p.kill().expect("reaped");
         assert_eq!(status.signal(), Some(libc::SIGKILL));
