@@ -3,8 +3,9 @@
 //! them against the tests' own model of the aggregates and records.
 //!
 //! Tests of different modules run in one process now: nothing here may rely on global
-//! state (environment variables, the current directory, fixed ports). The heavy record-store
-//! tests take turns through [`common::HEAVY`].
+//! state (environment variables, the current directory, fixed ports). Each module was its
+//! own test binary, and binaries ran one after the other: the clusters of two modules never
+//! run at the same time (`common::ModuleTurn`), the tests of one module may, as before.
 
 mod common;
 

@@ -23,12 +23,16 @@ use crate::common::{now_ms, Cluster, ClusterOpts};
 use tally_protocol::SinkStatus;
 use tally_testkit::MariaDb;
 
+/// The tests of this file take turns: the chaos test's timing should not compete for the
+/// two cores with the other.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TOTAL_EVENTS: u64 = 50_000;
 const OUTAGE: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_records_are_exact_through_leader_kills_and_an_outage() {
-    let _turn = crate::common::HEAVY.lock().await;
+    let _turn = TURN.lock().await;
     let mut db = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let opts = ClusterOpts {
         record_store: Some(db.url()),
@@ -177,7 +181,7 @@ async fn wait_for_sink(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_keeps_the_first_occurrence_of_a_duplicate_id() {
-    let _turn = crate::common::HEAVY.lock().await;
+    let _turn = TURN.lock().await;
     let db = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let opts = ClusterOpts {
         record_store: Some(db.url()),

@@ -17,11 +17,15 @@ use crate::common::records::{
 };
 use crate::common::{now_ms, Cluster, ClusterOpts};
 
+/// The tests of this file take turns: the chaos test's timing should not compete for the
+/// two cores with the other.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TOTAL_EVENTS: u64 = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_records_are_exact_through_leader_kills() {
-    let _turn = crate::common::HEAVY.lock().await;
+    let _turn = TURN.lock().await;
     let store_dir = tempfile::Builder::new()
         .prefix("tally-records-")
         .tempdir()
@@ -105,7 +109,7 @@ async fn sqlite_records_are_exact_through_leader_kills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_the_first_occurrence_of_a_duplicate_id() {
-    let _turn = crate::common::HEAVY.lock().await;
+    let _turn = TURN.lock().await;
     let store_dir = tempfile::Builder::new()
         .prefix("tally-records-")
         .tempdir()

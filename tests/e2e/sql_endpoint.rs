@@ -23,6 +23,8 @@ const MAX_ROWS: usize = 50;
 /// Events posted before the checks (more than MAX_ROWS).
 const SEED_EVENTS: u64 = 80;
 
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Sqlite,
@@ -40,7 +42,7 @@ fn opts(record_store: String) -> ClusterOpts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_endpoint_on_sqlite() {
-    let _turn = crate::common::HEAVY.lock().await;
+    let _turn = TURN.lock().await;
     let store = tempfile::Builder::new()
         .prefix("tally-sql-")
         .tempdir()
@@ -54,7 +56,7 @@ async fn sql_endpoint_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_endpoint_on_mariadb() {
-    let _turn = crate::common::HEAVY.lock().await;
+    let _turn = TURN.lock().await;
     let mariadb = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let (cluster, leader) = Cluster::start_formed(opts(mariadb.url())).await;
     let db = RecordsDb::MariaDb(&mariadb);

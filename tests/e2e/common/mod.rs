@@ -14,6 +14,7 @@ pub mod joining;
 pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,10 +35,47 @@ const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 
-/// The heavy record-store tests (chaos with a record-store outage, the SQL endpoint) take
-/// turns: their timing should not compete for the two cores with one another. (Each was
-/// its own test binary before; now they share one process.)
-pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Which test module's clusters may run now, and how many run: the tests of one module
+/// (one former test binary) may run side by side, as they always could, but never beside a
+/// cluster of another module. Each module was its own test binary, and test binaries ran
+/// one after the other; their timing-sensitive checks (no election while the cluster is
+/// quiet, a chaos test alone on the two cores) rely on that.
+static MODULE_TURN: std::sync::Mutex<(Option<&'static str>, usize)> =
+    std::sync::Mutex::new((None, 0));
+
+/// A module's turn, held by every [`Cluster`] of the module while it lives.
+struct ModuleTurn;
+
+impl ModuleTurn {
+    /// Waits until no cluster of another module runs. `module` is the test's source file.
+    async fn enter(module: &'static str) -> ModuleTurn {
+        let mut waited = false;
+        loop {
+            {
+                let mut turn = MODULE_TURN.lock().unwrap_or_else(|e| e.into_inner());
+                if turn.0.is_none_or(|m| m == module) {
+                    *turn = (Some(module), turn.1 + 1);
+                    return ModuleTurn;
+                }
+                if !waited {
+                    eprintln!("[harness] {module} waits for {:?} to finish", turn.0);
+                    waited = true;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for ModuleTurn {
+    fn drop(&mut self) {
+        let mut turn = MODULE_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        turn.1 -= 1;
+        if turn.1 == 0 {
+            turn.0 = None;
+        }
+    }
+}
 
 /// Options that differ between scenarios.
 #[derive(Clone, Debug, Default)]
@@ -107,6 +145,8 @@ pub struct Cluster {
     /// Follows no redirects (so `?redirect` answers can be inspected).
     pub http: reqwest::Client,
     api: Api,
+    /// Released last: after the harness has killed every node.
+    _turn: ModuleTurn,
 }
 
 /// How a batch is framed on the wire.
@@ -262,8 +302,10 @@ pub fn sink_detail(sink: &SinkStatus) -> &SinkDetail {
 }
 
 impl Cluster {
-    /// Writes the configs and starts all three processes (not yet formed into a cluster).
-    pub async fn start(opts: ClusterOpts) -> Cluster {
+    /// Writes the configs and starts all three processes (not yet formed into a cluster),
+    /// once no cluster of another test module (`module`: its source file) runs.
+    async fn start_for(module: &'static str, opts: ClusterOpts) -> Cluster {
+        let turn = ModuleTurn::enter(module).await;
         let harness = ProcessCluster::start(opts.spec())
             .await
             .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
@@ -282,15 +324,24 @@ impl Cluster {
                 .map(|id| (id, harness.url(id)))
                 .collect(),
         };
-        Cluster { harness, http, api }
+        Cluster {
+            harness,
+            http,
+            api,
+            _turn: turn,
+        }
     }
 
     /// Starts the cluster, forms it, and waits for a data-node leader. Returns the leader.
-    pub async fn start_formed(opts: ClusterOpts) -> (Cluster, u64) {
-        let cluster = Cluster::start(opts).await;
-        cluster.init().await;
-        let leader = cluster.wait_leader().await;
-        (cluster, leader)
+    #[track_caller]
+    pub fn start_formed(opts: ClusterOpts) -> impl Future<Output = (Cluster, u64)> {
+        let module = std::panic::Location::caller().file();
+        async move {
+            let cluster = Cluster::start_for(module, opts).await;
+            cluster.init().await;
+            let leader = cluster.wait_leader().await;
+            (cluster, leader)
+        }
     }
 
     pub fn addr(&self, id: u64) -> &str {
