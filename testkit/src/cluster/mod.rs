@@ -684,16 +684,8 @@ impl ProcessCluster {
     /// The leader every running node names, when that leader is a running data node that
     /// reports itself leader.
     pub async fn agreed_leader(&self) -> Result<u64> {
-        let mut leaders = BTreeSet::new();
-        let mut statuses = BTreeMap::new();
-        for id in self.live() {
-            let s = self
-                .status(id)
-                .await
-                .with_context(|| format!("node {id}"))?;
-            leaders.insert(s.leader_id);
-            statuses.insert(id, s);
-        }
+        let statuses = self.statuses().await?;
+        let leaders: BTreeSet<Option<u64>> = statuses.values().map(|s| s.leader_id).collect();
         let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
             [Some(l)] => *l,
             other => bail!("leaders seen: {other:?}"),
@@ -705,6 +697,19 @@ impl ProcessCluster {
             bail!("node {leader}: raft_state {} role {}", s.raft_state, s.role);
         }
         Ok(leader)
+    }
+
+    /// `GET /v1/cluster` of every running node (the first failure is the error).
+    pub async fn statuses(&self) -> Result<BTreeMap<u64, NodeStatus>> {
+        let mut out = BTreeMap::new();
+        for id in self.live() {
+            let s = self
+                .status(id)
+                .await
+                .with_context(|| format!("node {id}"))?;
+            out.insert(id, s);
+        }
+        Ok(out)
     }
 
     /// Waits (bounded by `within`) for [`ProcessCluster::agreed_leader`].
