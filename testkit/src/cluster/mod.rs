@@ -112,6 +112,9 @@ pub struct ClusterSpec {
     /// `record_store` of every data node (witnesses get none unless their [`NodeSpec`]
     /// says so).
     pub record_store: Option<String>,
+    /// Instead of `record_store`: the data nodes share an SQLite file of this name in the
+    /// cluster's directory (known only once the directory is made).
+    pub sqlite_in_dir: Option<String>,
     /// Config keys of every node: `raft`, `sink`, `sql`, `ingest` tables.
     pub sections: Sections,
     /// Environment of every node.
@@ -126,6 +129,8 @@ pub struct ClusterSpec {
     pub startup_timeout: Duration,
     /// Timeout of the harness's own HTTP requests.
     pub http_timeout: Duration,
+    /// Connect timeout of the harness's own HTTP requests.
+    pub connect_timeout: Duration,
 }
 
 impl ClusterSpec {
@@ -144,6 +149,7 @@ impl ClusterSpec {
             nodes: vec![NodeSpec::data(1), NodeSpec::data(2), NodeSpec::witness(3)],
             secret: format!("testkit-{}-{nanos}", std::process::id()),
             record_store: None,
+            sqlite_in_dir: None,
             sections: Sections::new(),
             env: Vec::new(),
             log_filter: None,
@@ -151,6 +157,7 @@ impl ClusterSpec {
             report_on_panic: false,
             startup_timeout: Duration::from_secs(30),
             http_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
         }
     }
 
@@ -254,9 +261,13 @@ impl ProcessCluster {
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(spec.connect_timeout)
             .timeout(spec.http_timeout)
             .build()?;
+        let mut spec = spec;
+        if let Some(file) = &spec.sqlite_in_dir {
+            spec.record_store = Some(format!("sqlite://{}", dir.join(file).display()));
+        }
         let mut cluster = ProcessCluster {
             temp,
             dir,
@@ -1004,6 +1015,40 @@ mod tests {
         let addrs: BTreeSet<&str> = [1, 2, 3].iter().map(|i| c.addr(*i)).collect();
         assert_eq!(addrs.len(), 3, "distinct ports");
         assert!(c.log_path(1).ends_with("node1.log"));
+    }
+
+    #[test]
+    fn an_sqlite_store_in_the_cluster_directory() {
+        let mut s = ClusterSpec::new("/bin/false");
+        s.sqlite_in_dir = Some("records.db".into());
+        let c = ProcessCluster::create(s).unwrap();
+        let want = format!("sqlite://{}", c.dir().join("records.db").display());
+        assert_eq!(
+            parse(c.config_path(2))["record_store"].as_str(),
+            Some(want.as_str())
+        );
+        assert!(parse(c.config_path(3)).get("record_store").is_none());
+        let dir = c.dir().to_path_buf();
+        drop(c);
+        assert!(!dir.exists(), "a temp directory is removed on drop");
+    }
+
+    #[test]
+    fn a_kept_directory_outlives_the_cluster() {
+        let mut s = ClusterSpec::new("/bin/false");
+        s.keep = Keep::Always;
+        let c = ProcessCluster::create(s).unwrap();
+        let dir = c.dir().to_path_buf();
+        drop(c);
+        assert!(dir.join("node1.toml").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Keep::OnFailure keeps nothing when no panic unwinds.
+        let mut s = ClusterSpec::new("/bin/false");
+        s.keep = Keep::OnFailure;
+        let c = ProcessCluster::create(s).unwrap();
+        let dir = c.dir().to_path_buf();
+        drop(c);
+        assert!(!dir.exists());
     }
 
     #[test]
