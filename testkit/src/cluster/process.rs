@@ -137,7 +137,10 @@ impl Process {
     }
 }
 
-/// Its own process group and, on Linux, death with the parent.
+/// Its own process group and, on Linux, death with the parent. (Linux sends the death
+/// signal when the *thread* that spawned the child ends: the harness is driven from threads
+/// that outlive its clusters, a test's own thread or the main thread of a tool, never from a
+/// short-lived blocking-pool thread.)
 fn contain(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
