@@ -524,19 +524,10 @@ impl Cluster {
     /// Waits until every live node names the same leader, and that leader is a live data
     /// node that reports itself leader. Returns its id.
     pub async fn wait_leader(&self) -> u64 {
-        let deadline = Instant::now() + LEADER_TIMEOUT;
-        loop {
-            let last = match self.agreed_leader().await {
-                Ok(id) => return id,
-                Err(why) => why,
-            };
-            assert!(
-                Instant::now() < deadline,
-                "no agreed data-node leader within {LEADER_TIMEOUT:?}: {last}\n{}",
-                self.all_log_tails(30)
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        self.harness
+            .wait_leader(LEADER_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     async fn agreed_leader(&self) -> Result<u64, String> {
