@@ -58,6 +58,8 @@ struct NodeProc {
 }
 
 pub struct BenchCluster {
+    /// The `tally` binary every node runs.
+    tally: PathBuf,
     /// Removed on drop unless kept (then `dir` says where it is).
     temp: Option<tempfile::TempDir>,
     dir: PathBuf,
@@ -80,6 +82,7 @@ pub struct NodeView {
 impl BenchCluster {
     /// Writes the configs and starts the three processes (not yet formed into a cluster).
     pub async fn start(
+        tally: PathBuf,
         base_port: Option<u16>,
         timings: &Timings,
         node_log_filter: &str,
@@ -128,6 +131,7 @@ impl BenchCluster {
             .timeout(Duration::from_secs(30))
             .build()?;
         let mut cluster = BenchCluster {
+            tally,
             temp: Some(temp),
             dir,
             nodes,
@@ -179,7 +183,7 @@ impl BenchCluster {
     }
 
     fn spawn(&mut self, id: u64) -> Result<()> {
-        let exe = std::env::current_exe().context("locating the tally binary")?;
+        let exe = self.tally.clone();
         let filter = self.node_log_filter.clone();
         let node = self.nodes.get_mut(&id).expect("known node");
         let log = OpenOptions::new()
