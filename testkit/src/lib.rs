@@ -1,5 +1,7 @@
-//! Helpers for Tally's tests and its chaos suite (`tally-jepsen`). Never a dependency of
-//! the server.
+//! Helpers for Tally's tests, its chaos suite (`tally-jepsen`) and its benchmark. Never a
+//! dependency of the server.
+//!
+//! [`ProcessCluster`] (module [`cluster`]) runs a cluster of real `tally` processes.
 //!
 //! [`MariaDb`] runs a throwaway MariaDB server for a test: its own temp datadir, a Unix
 //! socket, no TCP port, root without a password. Tests talk to a **real** server
@@ -14,7 +16,10 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod cluster;
 pub mod usage;
+
+pub use cluster::{ClusterSpec, Keep, NodeSpec, ProcessCluster, Signal};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,14 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
 
 /// How long a (re)started server may take to accept connections.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
