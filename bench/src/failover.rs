@@ -57,10 +57,10 @@ pub struct FailoverArgs {
     /// [raft] heartbeat_ms of every node (default: the product default).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
-    /// [raft] election_min_ms of every node; the witness uses twice this.
+    /// [raft] election_min_ms of every node (the witness derives its shorter lease from it).
     #[arg(long)]
     pub election_min_ms: Option<u64>,
-    /// [raft] election_max_ms of every node; the witness uses twice this.
+    /// [raft] election_max_ms of every node (the witness derives its shorter lease from it).
     #[arg(long)]
     pub election_max_ms: Option<u64>,
     /// Timeout of one request attempt, in ms.
