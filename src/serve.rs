@@ -94,14 +94,12 @@ async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
         let Ok(resp) = http.get(format!("http://{addr}/v1/cluster")).send().await else {
             continue;
         };
-        let Ok(status) = resp.json::<serde_json::Value>().await else {
+        let Ok(status) = resp.json::<tally_protocol::NodeStatus>().await else {
             continue;
         };
-        let listed_as_voter = status["members"].as_array().into_iter().flatten().any(|m| {
-            m["id"].as_u64() == Some(id)
-                && m["voter"].as_bool() == Some(true)
-                && m["addr"].as_str() == Some(own_addr.as_str())
-        });
+        let listed_as_voter = status
+            .member(id)
+            .is_some_and(|m| m.voter && m.addr == own_addr);
         if listed_as_voter {
             anyhow::bail!(
                 "node {id} starts with an empty data_dir, but the cluster (asked node {peer} at {addr}) \
