@@ -16,9 +16,4 @@ pub mod store;
 pub mod workload;
 
 /// Wall-clock milliseconds since the Unix epoch (event timestamps).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use tally_testkit::now_ms;

@@ -227,17 +227,18 @@ async fn quiesce(cluster: &Cluster) -> Result<()> {
     let mut last = String::new();
     while Instant::now() < deadline {
         if let Some(leader) = cluster.leader().await {
-            if let Some(lv) = cluster.view(leader, Duration::from_secs(2)).await {
+            if let Some(ls) = cluster.status(leader, Duration::from_secs(2)).await {
+                let committed = ls.committed_index.unwrap_or(0);
                 let mut settled = true;
                 let mut why = Vec::new();
                 for id in DATA_NODES {
-                    match cluster.view(id, Duration::from_secs(2)).await {
-                        Some(v) if v.applied >= lv.committed => {}
-                        Some(v) => {
+                    match cluster.status(id, Duration::from_secs(2)).await {
+                        Some(s) if s.applied_index >= committed => {}
+                        Some(s) => {
                             settled = false;
                             why.push(format!(
-                                "node {id} applied {} of {}",
-                                v.applied, lv.committed
+                                "node {id} applied {} of {committed}",
+                                s.applied_index
                             ));
                         }
                         None => {
@@ -247,7 +248,7 @@ async fn quiesce(cluster: &Cluster) -> Result<()> {
                     }
                 }
                 let pending = cluster
-                    .view(
+                    .status(
                         if leader == crate::cluster::WITNESS {
                             1
                         } else {
@@ -256,7 +257,7 @@ async fn quiesce(cluster: &Cluster) -> Result<()> {
                         Duration::from_secs(2),
                     )
                     .await
-                    .and_then(|v| v.sink_pending);
+                    .map(|s| s.sink.pending_events);
                 if pending != Some(0) {
                     settled = false;
                     why.push(format!("sink pending {pending:?}"));

@@ -2,10 +2,9 @@
 //! and the state digest of both data nodes are the same before and after a series of bad
 //! requests sent to every node (leader, follower and witness).
 
-mod common;
-
-use common::{now_ms, simple_event, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES};
 use serde_json::{json, Value};
+use tally_protocol::StateStatus;
 
 /// Asserts a 400 `invalid_events` whose details name exactly `expected` `(record, field)`
 /// pairs (in order); `None` for a whole-record problem.
@@ -47,7 +46,7 @@ fn assert_error(what: &str, r: &Resp, status: u16, code: &str) {
     );
 }
 
-async fn snapshot_of_state(cluster: &Cluster) -> Vec<(u64, u64, String, Value)> {
+async fn snapshot_of_state(cluster: &Cluster) -> Vec<(u64, u64, String, StateStatus)> {
     cluster.assert_same_state().await;
     let mut out = Vec::new();
     for id in DATA_NODES {
@@ -57,7 +56,7 @@ async fn snapshot_of_state(cluster: &Cluster) -> Vec<(u64, u64, String, Value)> 
             id,
             d["applied_index"].as_u64().unwrap(),
             d["digest"].as_str().unwrap().to_string(),
-            s["state"].clone(),
+            s.state,
         ));
     }
     out
@@ -151,7 +150,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         let r = cluster.post_ndjson(node, &batch).await.unwrap();
         assert_invalid(&on("bad record 3 of NDJSON"), &r, &[(3, Some("timestamp"))]);
         // A malformed NDJSON line is a whole-record problem of that record.
-        let mut body = common::ndjson(&batch[..2]);
+        let mut body = crate::common::ndjson(&batch[..2]);
         body.extend_from_slice(b"{not json}\n");
         let r = cluster
             .post_raw(node, "/v1/events", Some("application/x-ndjson"), body)
@@ -264,7 +263,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         big.push(b'\n');
         i += 1;
     }
-    for node in [leader, common::WITNESS] {
+    for node in [leader, crate::common::WITNESS] {
         let r = cluster
             .post_raw(
                 node,
@@ -285,7 +284,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     // More events than one request may carry: refused as a whole.
     let many: Vec<Value> = (0..10_001).map(|i| ev(&format!("many-{i}"))).collect();
     let r = cluster
-        .post_json(common::WITNESS, &Value::Array(many))
+        .post_json(crate::common::WITNESS, &Value::Array(many))
         .await
         .unwrap();
     assert_invalid("10 001 events in one request", &r, &[]);

@@ -1,9 +1,7 @@
 //! Acknowledged means durable, seen from outside: the leader's Raft log has been fsynced up to
 //! (at least) an entry's index before the ingest request for that entry is answered 200.
 
-mod common;
-
-use common::{now_ms, simple_event, Cluster, ClusterOpts};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,7 +10,7 @@ async fn ingest_is_fsynced_before_the_answer() {
     let ts = now_ms();
     for round in 0..8u64 {
         let before = cluster.status(leader).await.expect("leader status");
-        let fsyncs_before = before["log"]["fsyncs"].as_u64().expect("log.fsyncs");
+        let fsyncs_before = before.log.fsyncs;
         let events: Vec<Value> = (0..25)
             .map(|i| simple_event(&format!("dur-{round}-{i}"), ts, "Durable", "/d"))
             .collect();
@@ -26,8 +24,8 @@ async fn ingest_is_fsynced_before_the_answer() {
         assert_eq!(r.body["duplicates"], 0, "{r:?}");
 
         let after = cluster.status(leader).await.expect("leader status");
-        let fsyncs_after = after["log"]["fsyncs"].as_u64().unwrap();
-        let synced = after["log"]["synced_index"].as_u64();
+        let fsyncs_after = after.log.fsyncs;
+        let synced = after.log.synced_index;
         assert!(
             fsyncs_after > fsyncs_before,
             "round {round}: no fsync of the log between the request and its 200 ({fsyncs_before} → {fsyncs_after})"
@@ -40,9 +38,12 @@ async fn ingest_is_fsynced_before_the_answer() {
         // majority an acknowledgement needs, so at least one of the two followers must
         // already have fsynced this index.
         let mut followers_synced = Vec::new();
-        for id in common::ALL_NODES.into_iter().filter(|&id| id != leader) {
+        for id in crate::common::ALL_NODES
+            .into_iter()
+            .filter(|&id| id != leader)
+        {
             let s = cluster.status(id).await.expect("follower status");
-            followers_synced.push((id, s["log"]["synced_index"].as_u64()));
+            followers_synced.push((id, s.log.synced_index));
         }
         assert!(
             followers_synced

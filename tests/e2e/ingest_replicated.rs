@@ -6,12 +6,10 @@
 //! must report the same digest at the same applied index. `?redirect` on a follower answers
 //! 307 to the leader.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use common::{
+use crate::common::{
     assert_aggregates_match, now_ms, rfc3339, Api, Cluster, ClusterOpts, Format, ALL_NODES,
     DATA_NODES, HOUR_MS, WITNESS,
 };
@@ -409,7 +407,7 @@ async fn ingest_through_all_nodes_matches_the_model() {
             "?redirect on node {node}: Location must be the leader's /v1/events: {r:?}"
         );
         // Following the redirect ingests the batch (nothing was counted by the 307).
-        let (ct, body) = common::encode_batch(Format::Array, &events);
+        let (ct, body) = crate::common::encode_batch(Format::Array, &events);
         let r = api
             .send(
                 api.http
@@ -479,10 +477,10 @@ async fn ingest_through_all_nodes_matches_the_model() {
     for id in DATA_NODES {
         let s = cluster.status(id).await.unwrap();
         assert_eq!(
-            s["state"]["events_applied"].as_u64(),
+            Some(s.state.events_applied),
             Some(distinct),
-            "node {id} counted a different number of distinct events: {}",
-            s["state"]
+            "node {id} counted a different number of distinct events: {:?}",
+            s.state
         );
         for (granularity, group_by) in [
             ("day", &["api_name", "resource"][..]),
@@ -512,10 +510,10 @@ async fn ingest_through_all_nodes_matches_the_model() {
             .copied()
             .filter(|e| e["api_name"] == "Pets")
             .collect();
-        let got = common::rows_to_map(&rows, &[]);
+        let got = crate::common::rows_to_map(&rows, &[]);
         assert_eq!(
             got,
-            common::model(pets, HOUR_MS, &[]),
+            crate::common::model(pets, HOUR_MS, &[]),
             "node {id}: api=Pets filter"
         );
     }

@@ -6,14 +6,12 @@
 //! by resource show, per id, how often it was counted: exactly once for every id counted,
 //! and acknowledged ⊆ counted ⊆ attempted, on both data nodes, at the same digest.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{now_ms, Api, Cluster, ClusterOpts, Format, ALL_NODES, DATA_NODES};
+use crate::common::{now_ms, Api, Cluster, ClusterOpts, Format, ALL_NODES, DATA_NODES};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -299,10 +297,10 @@ async fn leader_kill_loses_nothing_acknowledged_and_counts_nothing_twice() {
         );
         let s = cluster.status(id).await.unwrap();
         assert_eq!(
-            s["state"]["events_applied"].as_u64(),
+            Some(s.state.events_applied),
             Some(counted.len() as u64),
-            "node {id}: events_applied disagrees with the aggregates: {}",
-            s["state"]
+            "node {id}: events_applied disagrees with the aggregates: {:?}",
+            s.state
         );
     }
 }

@@ -2,11 +2,9 @@
 //! gives the write up as soon as another node leads, instead of waiting out its 30 s
 //! forward timeout, and a retry with the same event ids is counted once.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{now_ms, simple_event, Cluster, ClusterOpts};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,16 +3,15 @@
 //! its own id after losing its disk; the witness moves to a new node; leadership is handed to
 //! the other data node. After each change writes keep working and the data nodes agree.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::joining::member_body;
-use common::{
+use crate::common::joining::member_body;
+use crate::common::{
     assert_aggregates_match, now_ms, simple_event, Cluster, ClusterOpts, DATA_NODES, WITNESS,
 };
 use serde_json::{json, Value};
+use tally_protocol::Role;
 
 /// Small snapshots and no log kept behind them: a node that joins late must be fed a
 /// snapshot, not just the log.
@@ -76,10 +75,10 @@ async fn wait_purged(cluster: &Cluster, id: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = cluster.status(id).await.unwrap();
-        if let Some(p) = s["purged_index"].as_u64().filter(|p| *p > 0) {
+        if let Some(p) = s.purged_index.filter(|p| *p > 0) {
             return p;
         }
-        assert!(Instant::now() < deadline, "node {id} purged nothing: {s}");
+        assert!(Instant::now() < deadline, "node {id} purged nothing: {s:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -105,7 +104,7 @@ fn ids(list: &[u64]) -> BTreeSet<u64> {
 async fn assert_membership_everywhere(
     cluster: &Cluster,
     nodes: &[u64],
-    want: &[common::joining::Member],
+    want: &[crate::common::joining::Member],
     context: &str,
 ) {
     for &id in nodes {
@@ -244,7 +243,7 @@ async fn unsafe_requests_are_refused_and_change_nothing() {
         .add_member(leader, &member_body(5, &w5, "data", None))
         .await;
     assert_eq!(r.status, 400, "wrong role for the node: {r:?}");
-    let nobody = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    let nobody = format!("127.0.0.1:{}", crate::common::free_ports(1)[0]);
     let r = cluster
         .add_member(leader, &member_body(4, &nobody, "data", None))
         .await;
@@ -352,8 +351,8 @@ async fn a_dead_data_node_is_replaced_by_a_new_one() {
     let all: Vec<&Value> = posted.iter().collect();
     assert_aggregates_match(&cluster, 4, "minute", &["api_name", "resource"], &all).await;
     let s4 = cluster.status(4).await.unwrap();
-    assert_eq!(s4["role"], "data", "{s4}");
-    assert_eq!(s4["leader_id"], 1, "{s4}");
+    assert_eq!(s4.role, Role::Data, "{s4:?}");
+    assert_eq!(s4.leader_id, Some(1), "{s4:?}");
 
     // The same request again is a harmless no-op.
     let r = cluster
@@ -492,18 +491,16 @@ async fn the_witness_moves_to_a_new_node() {
     post_requests(&cluster, leader, "m2", 10, &mut posted).await;
     let (index, _) = cluster.assert_same_state().await;
     let s5 = cluster.status(5).await.unwrap();
-    assert_eq!(s5["role"], "witness", "{s5}");
+    assert_eq!(s5.role, Role::Witness, "{s5:?}");
     assert_eq!(
-        s5["state"]["events_applied"], 0,
-        "a witness applies nothing: {s5}"
+        s5.state.events_applied, 0,
+        "a witness applies nothing: {s5:?}"
     );
     assert!(
-        s5["leader_id"]
-            .as_u64()
-            .is_some_and(|l| DATA_NODES.contains(&l)),
-        "{s5}"
+        s5.leader_id.is_some_and(|l| DATA_NODES.contains(&l)),
+        "{s5:?}"
     );
-    assert!(s5["last_log_index"].as_u64().unwrap_or(0) >= index, "{s5}");
+    assert!(s5.last_log_index.unwrap_or(0) >= index, "{s5:?}");
 
     // The new witness is a working voter: with one data node down, it and the other data
     // node still form a quorum.
@@ -629,7 +626,7 @@ async fn cluster_operations_need_the_cluster_secret() {
     let r = cluster
         .http
         .post(format!("{}/v1/cluster/init", cluster.url(leader)))
-        .header("authorization", format!("Bearer {}", common::SECRET))
+        .header("authorization", format!("Bearer {}", crate::common::SECRET))
         .send()
         .await
         .unwrap();

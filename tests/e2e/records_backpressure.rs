@@ -7,13 +7,11 @@
 //! `consecutive_errors`. When MariaDB is back the sink catches up on its own, the refused
 //! batch is accepted on retry, and the record store holds every event exactly once.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::records::{assert_records_exact, event_number, gen_event, Outcome, RecordsDb};
-use common::{now_ms, Cluster, ClusterOpts, Format, Resp, ALL_NODES};
+use crate::common::records::{assert_records_exact, event_number, gen_event, Outcome, RecordsDb};
+use crate::common::{now_ms, sink_detail, Cluster, ClusterOpts, Format, Resp, ALL_NODES};
 use serde_json::Value;
 use tally_testkit::MariaDb;
 
@@ -151,38 +149,39 @@ async fn backlog_bound_refuses_with_retry_after_and_recovers_without_loss() {
 
     // The refusal is the same through a follower and the witness (they forward), and a
     // refused batch is not counted: the in-memory state does not move.
-    let counted_before = cluster.status(leader).await.unwrap()["state"]["events_applied"].clone();
-    for via in [follower, common::WITNESS, leader] {
+    let counted_before = cluster.status(leader).await.unwrap().state.events_applied;
+    for via in [follower, crate::common::WITNESS, leader] {
         let r = post(&cluster, via, &refused).await;
         assert_backlog_refusal(&r, via);
     }
     let status = cluster.status(leader).await.unwrap();
     assert_eq!(
-        status["state"]["events_applied"], counted_before,
+        status.state.events_applied, counted_before,
         "refused events were counted"
     );
 
     // The leader's sink says why, and keeps trying.
-    let sink = status["sink"].clone();
-    assert!(sink["last_error"].is_string(), "no last_error: {sink}");
-    assert!(sink["pending_events"].as_u64() >= Some(BACKLOG), "{sink}");
-    let first = sink["consecutive_errors"]
-        .as_u64()
-        .expect("consecutive_errors");
+    let sink = status.sink.clone();
+    assert!(
+        sink.detail.as_ref().is_some_and(|d| d.last_error.is_some()),
+        "no last_error: {sink:?}"
+    );
+    assert!(sink.pending_events >= BACKLOG, "{sink:?}");
+    let first = sink_detail(&sink).consecutive_errors;
     let deadline = Instant::now() + Duration::from_secs(20);
     let rising = loop {
         let s = cluster.sink_status(leader).await.unwrap();
-        let now = s["consecutive_errors"].as_u64().unwrap_or(0);
+        let now = s.detail.as_ref().map_or(0, |d| d.consecutive_errors);
         if now > first + 1 {
             break s;
         }
         assert!(
             Instant::now() < deadline,
-            "consecutive_errors did not rise above {first} within 20 s: {s}"
+            "consecutive_errors did not rise above {first} within 20 s: {s:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    eprintln!("[test] sink during the outage: {rising}");
+    eprintln!("[test] sink during the outage: {rising:?}");
 
     // MariaDB returns: the sink catches up by itself and the refused batch gets in.
     tokio::task::block_in_place(|| db.restart()).expect("restart MariaDB");
@@ -199,7 +198,7 @@ async fn backlog_bound_refuses_with_retry_after_and_recovers_without_loss() {
         refusals += 1;
         assert!(
             Instant::now() < deadline,
-            "ingest still refused 60 s after the record store came back: {r:?}\n{}",
+            "ingest still refused 60 s after the record store came back: {r:?}\n{:?}",
             cluster.sink_status(leader).await.unwrap_or_default()
         );
         // Retry-After says 5 s; poll faster to keep the test short.
@@ -215,7 +214,11 @@ async fn backlog_bound_refuses_with_retry_after_and_recovers_without_loss() {
     let sink = cluster
         .wait_sink_caught_up(w.outcome.max_ack_index, Duration::from_secs(60))
         .await;
-    assert_eq!(sink["consecutive_errors"].as_u64(), Some(0), "{sink}");
+    assert_eq!(
+        sink.detail.as_ref().map(|d| d.consecutive_errors),
+        Some(0),
+        "{sink:?}"
+    );
     cluster.assert_same_state().await;
 
     // Every batch was acknowledged in the end, each event exactly once.

@@ -13,16 +13,14 @@
 //! each row as sent, every usage table equal to a `GROUP BY` over `events`, and the
 //! in-memory aggregates equal to the usage tables.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::records::{
+use crate::common::records::{
     assert_first_occurrence_wins, assert_records_exact, assert_tampering_is_detected, kill_leader,
     pause_leader, RecordsDb, Workload, WorkloadOpts,
 };
-use common::{now_ms, Cluster, ClusterOpts};
-use serde_json::Value;
+use crate::common::{now_ms, Cluster, ClusterOpts};
+use tally_protocol::SinkStatus;
 use tally_testkit::MariaDb;
 
 /// The tests of this file take turns: the chaos test's timing should not compete for the
@@ -81,21 +79,23 @@ async fn mariadb_records_are_exact_through_leader_kills_and_an_outage() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = kill_leader(&mut cluster, &workload, Duration::from_millis(1500)).await;
     let sink = wait_for_sink(&cluster, leader, outage_began + OUTAGE, |s| {
-        s["last_error"].is_string() && s["consecutive_errors"].as_u64() >= Some(2)
+        s.detail
+            .as_ref()
+            .is_some_and(|d| d.last_error.is_some() && d.consecutive_errors >= 2)
     })
     .await
-    .unwrap_or_else(|s| panic!("the leader's sink does not report the outage: {s}"));
+    .unwrap_or_else(|s| panic!("the leader's sink does not report the outage: {s:?}"));
     assert!(
-        sink["pending_events"].as_u64() > Some(0),
-        "events are acknowledged during the outage, so some must wait: {sink}"
+        sink.pending_events > 0,
+        "events are acknowledged during the outage, so some must wait: {sink:?}"
     );
-    eprintln!("[test] leader {leader} during the outage: sink {sink}");
+    eprintln!("[test] leader {leader} during the outage: sink {sink:?}");
 
     // Kill 3, still during the outage: now the node restarted while the record store was
     // down leads; it has never reached the store.
     let leader = kill_leader(&mut cluster, &workload, Duration::from_millis(1500)).await;
     let sink = cluster.sink_status(leader).await.unwrap();
-    eprintln!("[test] leader {leader} during the outage: sink {sink}");
+    eprintln!("[test] leader {leader} during the outage: sink {sink:?}");
 
     tokio::time::sleep(OUTAGE.saturating_sub(outage_began.elapsed())).await;
     let during_outage = workload.acked_batches() - before_outage;
@@ -113,11 +113,11 @@ async fn mariadb_records_are_exact_through_leader_kills_and_an_outage() {
     // Kill 4, while the new sink works through the backlog: its transactions and cursor
     // proposals are cut short, the next leader must carry on from the store's cursor.
     let sink = wait_for_sink(&cluster, leader, restarted + Duration::from_secs(20), |s| {
-        s["transactions"].as_u64() > Some(0)
+        s.detail.as_ref().is_some_and(|d| d.transactions > 0)
     })
     .await
-    .unwrap_or_else(|s| panic!("the sink did not write within 20 s of MariaDB's return: {s}"));
-    eprintln!("[test] killing leader {leader} while its sink catches up: {sink}");
+    .unwrap_or_else(|s| panic!("the sink did not write within 20 s of MariaDB's return: {s:?}"));
+    eprintln!("[test] killing leader {leader} while its sink catches up: {sink:?}");
     kill_leader(&mut cluster, &workload, Duration::from_millis(1500)).await;
 
     assert!(
@@ -145,7 +145,7 @@ async fn mariadb_records_are_exact_through_leader_kills_and_an_outage() {
     let sink = cluster
         .wait_sink_caught_up(outcome.max_ack_index, Duration::from_secs(120))
         .await;
-    eprintln!("[test] sink caught up at {:?}: {sink}", started.elapsed());
+    eprintln!("[test] sink caught up at {:?}: {sink:?}", started.elapsed());
     cluster.assert_same_state().await;
 
     let records = RecordsDb::MariaDb(&db);
@@ -166,9 +166,9 @@ async fn wait_for_sink(
     cluster: &Cluster,
     id: u64,
     until: Instant,
-    ok: impl Fn(&Value) -> bool,
-) -> Result<Value, Value> {
-    let mut sink = Value::Null;
+    ok: impl Fn(&SinkStatus) -> bool,
+) -> Result<SinkStatus, SinkStatus> {
+    let mut sink = SinkStatus::default();
     while Instant::now() < until {
         sink = cluster.sink_status(id).await.unwrap_or_default();
         if ok(&sink) {

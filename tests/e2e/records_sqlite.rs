@@ -9,15 +9,13 @@
 //! every usage table equal to a `GROUP BY` over `events`, the in-memory aggregates equal to
 //! the usage tables.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::records::{
+use crate::common::records::{
     assert_first_occurrence_wins, assert_records_exact, assert_tampering_is_detected, kill_leader,
     pause_leader, RecordsDb, Workload, WorkloadOpts,
 };
-use common::{now_ms, Cluster, ClusterOpts};
+use crate::common::{now_ms, Cluster, ClusterOpts};
 
 /// The tests of this file take turns: the chaos test's timing should not compete for the
 /// two cores with the other.
@@ -87,7 +85,7 @@ async fn sqlite_records_are_exact_through_leader_kills() {
     let sink = cluster
         .wait_sink_caught_up(outcome.max_ack_index, Duration::from_secs(120))
         .await;
-    eprintln!("[test] sink caught up at {:?}: {sink}", started.elapsed());
+    eprintln!("[test] sink caught up at {:?}: {sink:?}", started.elapsed());
     cluster.assert_same_state().await;
 
     let records = RecordsDb::sqlite(&path).await;

@@ -2,11 +2,9 @@
 //! installing the leader's snapshot, and ends with exactly the leader's state: the same
 //! digest at the same applied index, and the same aggregates.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_aggregates_match, now_ms, Cluster, ClusterOpts, DATA_NODES, WITNESS};
+use crate::common::{assert_aggregates_match, now_ms, Cluster, ClusterOpts, DATA_NODES, WITNESS};
 use serde_json::{json, Value};
 
 /// Separate requests posted while the follower is down: each is its own log entry.
@@ -57,10 +55,10 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     // Kill the data node that is not the leader.
     let victim = DATA_NODES.into_iter().find(|&id| id != leader).unwrap();
     let victim_status = cluster.status(victim).await.unwrap();
-    let victim_applied = victim_status["applied_index"].as_u64().unwrap();
+    let victim_applied = victim_status.applied_index;
     assert!(
-        victim_status["snapshot_index"].is_null(),
-        "node {victim} already has a snapshot before the test's point: {victim_status}"
+        victim_status.snapshot_index.is_none(),
+        "node {victim} already has a snapshot before the test's point: {victim_status:?}"
     );
     cluster.kill(victim);
 
@@ -78,28 +76,28 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let purged = loop {
         let s = cluster.status(leader).await.unwrap();
-        let purged = s["purged_index"].as_u64();
+        let purged = s.purged_index;
         if purged.is_some_and(|p| p > victim_applied + 1) {
             break purged.unwrap();
         }
         assert!(
             Instant::now() < deadline,
             "leader {leader} did not purge its log past index {victim_applied} \
-             (snapshot_threshold 50, log_keep_behind_snapshot 0): {s}"
+             (snapshot_threshold 50, log_keep_behind_snapshot 0): {s:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let leader_status = cluster.status(leader).await.unwrap();
-    let first_in_log = leader_status["log"]["first_index"].as_u64().unwrap_or(0);
+    let first_in_log = leader_status.log.first_index.unwrap_or(0);
     assert!(
         first_in_log > victim_applied + 1,
-        "the leader's log still holds index {} that node {victim} needs next: {leader_status}",
+        "the leader's log still holds index {} that node {victim} needs next: {leader_status:?}",
         victim_applied + 1
     );
     eprintln!(
         "node {victim} stopped at {victim_applied}; leader {leader} purged up to {purged}, \
-         committed {}",
-        leader_status["committed_index"]
+         committed {:?}",
+        leader_status.committed_index
     );
 
     // Rejoin: it can only catch up through a snapshot.
@@ -108,10 +106,10 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     assert!(index >= victim_applied + REQUESTS_WHILE_DOWN, "{index}");
     cluster.wait_ready().await;
     let rejoined = cluster.status(victim).await.unwrap();
-    let snapshot_index = rejoined["snapshot_index"].as_u64();
+    let snapshot_index = rejoined.snapshot_index;
     assert!(
         snapshot_index.is_some_and(|s| s >= purged),
-        "node {victim} rejoined without installing a snapshot covering {purged}: {rejoined}"
+        "node {victim} rejoined without installing a snapshot covering {purged}: {rejoined:?}"
     );
     assert!(
         cluster.log_text(victim).contains("installed snapshot"),
@@ -124,10 +122,10 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     for id in DATA_NODES {
         let s = cluster.status(id).await.unwrap();
         assert_eq!(
-            s["state"]["events_applied"].as_u64(),
+            Some(s.state.events_applied),
             Some(posted.len() as u64),
-            "node {id}: {}",
-            s["state"]
+            "node {id}: {:?}",
+            s.state
         );
         for (granularity, group_by) in [
             ("minute", &["api_name", "resource", "method"][..]),
@@ -157,9 +155,6 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     assert!(index2 > index);
     for id in DATA_NODES {
         let s = cluster.status(id).await.unwrap();
-        assert_eq!(
-            s["state"]["events_applied"].as_u64(),
-            Some(posted.len() as u64)
-        );
+        assert_eq!(Some(s.state.events_applied), Some(posted.len() as u64));
     }
 }

@@ -11,12 +11,10 @@
 //!
 //! The two tests take turns (a lock), so their timing checks do not compete for the CPU.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::records::{event_id, gen_event, RecordsDb};
-use common::{now_ms, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES, WITNESS};
+use crate::common::records::{event_id, gen_event, RecordsDb};
+use crate::common::{now_ms, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES, WITNESS};
 use serde_json::{json, Value};
 use tally_testkit::MariaDb;
 
@@ -598,7 +596,11 @@ async fn exercise(
     let row = &answer["rows"][0];
     assert_eq!(row[0], json!(event_id(n)));
     assert!(row[1].as_u64().is_some_and(|i| i >= 1), "log_index: {row}");
-    assert_eq!(row[2], json!(common::event_ts_ms(&e)), "ts_ms: {row}");
+    assert_eq!(
+        row[2],
+        json!(crate::common::event_ts_ms(&e)),
+        "ts_ms: {row}"
+    );
     assert_eq!(row[3], json!(e["kind"].as_str().unwrap_or("request")));
     assert_eq!(row[4], json!(""), "an absent tenant is '': {row}");
     assert_eq!(row[5], e["response_code"]);

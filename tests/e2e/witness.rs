@@ -2,12 +2,11 @@
 //! reads to a data node and never answers them from state of its own, its snapshots hold
 //! only its log position (never analytic state), and it refuses reads (503) rather than answer empty when no data node can be reached.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{now_ms, simple_event, Cluster, ClusterOpts, DATA_NODES, WITNESS};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, DATA_NODES, WITNESS};
 use serde_json::Value;
+use tally_protocol::Role;
 
 const QUERIES: [&str; 4] = [
     "granularity=minute",
@@ -72,16 +71,16 @@ async fn assert_witness_reads_like_data_nodes(cluster: &Cluster, expected_events
 /// The witness's own view: applies no events; any snapshot it has is position-only.
 async fn assert_witness_holds_nothing(cluster: &Cluster) {
     let s = cluster.status(WITNESS).await.unwrap();
-    assert_eq!(s["role"], "witness", "{s}");
-    assert_eq!(s["state"]["events_applied"], 0, "{s}");
-    assert_eq!(s["state"]["dedup_ids"], 0, "{s}");
-    assert_eq!(s["state"]["buckets_minute"], 0, "{s}");
-    for snap in s["snapshots"].as_array().unwrap() {
+    assert_eq!(s.role, Role::Witness, "{s:?}");
+    assert_eq!(s.state.events_applied, 0, "{s:?}");
+    assert_eq!(s.state.dedup_ids, 0, "{s:?}");
+    assert_eq!(s.state.buckets_minute, 0, "{s:?}");
+    for snap in &s.snapshots {
         assert!(
-            snap["id"].as_str().unwrap().starts_with("w-"),
-            "witness snapshot that is not position-only: {snap}"
+            snap.id.starts_with("w-"),
+            "witness snapshot that is not position-only: {snap:?}"
         );
-        assert!(snap["bytes"].as_u64().unwrap() < 4096, "{snap}");
+        assert!(snap.bytes < 4096, "{snap:?}");
     }
     // And on disk: no snapshot file carries analytic state (its magic bytes).
     let snaps = cluster.data_dir(WITNESS).join("raft").join("snapshots");
@@ -96,7 +95,7 @@ async fn assert_witness_holds_nothing(cluster: &Cluster) {
         );
     }
     // It does store the log, though.
-    assert!(s["log"]["last_index"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(s.log.last_index.unwrap_or(0) > 0, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,8 +136,8 @@ async fn witness_forwards_reads_and_holds_no_state() {
     for id in DATA_NODES {
         let s = cluster.status(id).await.unwrap();
         assert!(
-            !s["snapshots"].as_array().unwrap().is_empty(),
-            "data node {id} built no snapshot with threshold 20: {s}"
+            !s.snapshots.is_empty(),
+            "data node {id} built no snapshot with threshold 20: {s:?}"
         );
     }
 

@@ -3,13 +3,12 @@
 //! entries B lacks, so it must bring B up to date and hand leadership over; writes resume,
 //! B counts every acknowledged event, and the witness does not stay leader.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{now_ms, simple_event, Cluster, ClusterOpts};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts};
 use serde_json::Value;
+use tally_protocol::RaftState;
 
 /// Posts one single-event batch to `node`, retrying 503s and connection errors with the
 /// same id (bounded). Returns whether it was acknowledged.
@@ -98,14 +97,14 @@ async fn witness_catches_up_the_returning_data_node_and_hands_over() {
     loop {
         let sb = cluster.status(b).await.unwrap();
         let sw = cluster.status(w).await.unwrap();
-        if sb["raft_state"] == "Leader" && sw["leader_id"].as_u64() == Some(b) {
+        if sb.raft_state == RaftState::Leader && sw.leader_id == Some(b) {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "B did not end up leader: B {} / witness {}",
-            sb["raft_state"],
-            sw["raft_state"]
+            sb.raft_state,
+            sw.raft_state
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -123,6 +122,10 @@ async fn witness_catches_up_the_returning_data_node_and_hands_over() {
     cluster.restart(a).await;
     cluster.assert_same_state().await;
     let sw = cluster.status(w).await.unwrap();
-    assert_ne!(sw["raft_state"], "Leader", "the witness stayed leader");
+    assert_ne!(
+        sw.raft_state,
+        RaftState::Leader,
+        "the witness stayed leader"
+    );
     assert_eq!(counted_ids(&cluster, a).await, counted);
 }

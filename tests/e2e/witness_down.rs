@@ -1,9 +1,7 @@
 //! Witness down: the two data nodes are a majority and go on without interruption — every
 //! write succeeds at the first attempt, and both data nodes stay identical.
 
-mod common;
-
-use common::{now_ms, simple_event, Cluster, ClusterOpts, WITNESS};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, WITNESS};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,12 +45,12 @@ async fn data_nodes_go_on_without_the_witness() {
     loop {
         let w = cluster.status(WITNESS).await.unwrap();
         let l = cluster.status(leader).await.unwrap();
-        if w["last_log_index"].as_u64() >= l["committed_index"].as_u64() {
+        if w.last_log_index >= l.committed_index {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "witness did not catch up: {w}"
+            "witness did not catch up: {w:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

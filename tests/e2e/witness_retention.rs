@@ -2,11 +2,9 @@
 //! holds in a snapshot (the floor published through the log). While a data node is down,
 //! the witness's log grows instead of dropping what that node will need.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{now_ms, simple_event, Cluster, ClusterOpts, WITNESS};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, WITNESS};
 use serde_json::Value;
 
 async fn post_requests(cluster: &Cluster, node: u64, prefix: &str, n: usize) {
@@ -18,10 +16,6 @@ async fn post_requests(cluster: &Cluster, node: u64, prefix: &str, n: usize) {
             .unwrap();
         assert_eq!(r.status, 200, "{r:?}");
     }
-}
-
-fn index(s: &Value, key: &str) -> u64 {
-    s[key].as_u64().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,21 +34,26 @@ async fn witness_purges_only_what_every_data_node_holds_in_a_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let w = cluster.status(WITNESS).await.unwrap();
-        let purged = index(&w, "purged_index");
-        let floor = index(&w["retention"], "snapshot_floor");
+        let purged = w.purged_index.unwrap_or(0);
+        let floor = w.retention.snapshot_floor;
         if purged > 0 {
             assert!(
                 purged <= floor,
-                "witness purged {purged} past the floor {floor}: {w}"
+                "witness purged {purged} past the floor {floor}: {w:?}"
             );
             break;
         }
-        assert!(Instant::now() < deadline, "witness never purged: {w}");
+        assert!(Instant::now() < deadline, "witness never purged: {w:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // A data node goes down: what its snapshot holds bounds the witness's purging.
-    let held_by_follower = index(&cluster.status(follower).await.unwrap(), "snapshot_index");
+    let held_by_follower = cluster
+        .status(follower)
+        .await
+        .unwrap()
+        .snapshot_index
+        .unwrap_or(0);
     assert!(held_by_follower > 0);
     cluster.kill(follower);
     post_requests(&cluster, leader, "b", 150).await;
@@ -62,16 +61,16 @@ async fn witness_purges_only_what_every_data_node_holds_in_a_snapshot() {
     let w = cluster.status(WITNESS).await.unwrap();
     let l = cluster.status(leader).await.unwrap();
     assert!(
-        index(&w, "purged_index") <= held_by_follower,
-        "witness purged past what the down node holds ({held_by_follower}): {w}"
+        w.purged_index.unwrap_or(0) <= held_by_follower,
+        "witness purged past what the down node holds ({held_by_follower}): {w:?}"
     );
     assert!(
-        index(&l, "snapshot_index") > held_by_follower + 100,
-        "leader kept snapshotting: {l}"
+        l.snapshot_index.unwrap_or(0) > held_by_follower + 100,
+        "leader kept snapshotting: {l:?}"
     );
     assert!(
-        w["log"]["entries"].as_u64().unwrap() >= 150,
-        "the witness's log must grow while a data node is down: {w}"
+        w.log.entries >= 150,
+        "the witness's log must grow while a data node is down: {w:?}"
     );
 
     // The node returns, catches up, and the floor (and purging) moves on.
@@ -81,12 +80,12 @@ async fn witness_purges_only_what_every_data_node_holds_in_a_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let w = cluster.status(WITNESS).await.unwrap();
-        if index(&w, "purged_index") > held_by_follower {
+        if w.purged_index.unwrap_or(0) > held_by_follower {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "witness did not resume purging after the node returned: {w}"
+            "witness did not resume purging after the node returned: {w:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -112,6 +112,9 @@ pub struct ClusterSpec {
     /// `record_store` of every data node (witnesses get none unless their [`NodeSpec`]
     /// says so).
     pub record_store: Option<String>,
+    /// Instead of `record_store`: the data nodes share an SQLite file of this name in the
+    /// cluster's directory (known only once the directory is made).
+    pub sqlite_in_dir: Option<String>,
     /// Config keys of every node: `raft`, `sink`, `sql`, `ingest` tables.
     pub sections: Sections,
     /// Environment of every node.
@@ -126,6 +129,8 @@ pub struct ClusterSpec {
     pub startup_timeout: Duration,
     /// Timeout of the harness's own HTTP requests.
     pub http_timeout: Duration,
+    /// Connect timeout of the harness's own HTTP requests.
+    pub connect_timeout: Duration,
 }
 
 impl ClusterSpec {
@@ -144,6 +149,7 @@ impl ClusterSpec {
             nodes: vec![NodeSpec::data(1), NodeSpec::data(2), NodeSpec::witness(3)],
             secret: format!("testkit-{}-{nanos}", std::process::id()),
             record_store: None,
+            sqlite_in_dir: None,
             sections: Sections::new(),
             env: Vec::new(),
             log_filter: None,
@@ -151,6 +157,7 @@ impl ClusterSpec {
             report_on_panic: false,
             startup_timeout: Duration::from_secs(30),
             http_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
         }
     }
 
@@ -214,7 +221,8 @@ impl ProcessCluster {
         let (temp, dir) = match &spec.dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                (None, d.clone())
+                // Absolute, so the configs do not depend on the nodes' working directory.
+                (None, std::path::absolute(d)?)
             }
             None => {
                 let t = tempfile::Builder::new()
@@ -253,9 +261,13 @@ impl ProcessCluster {
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(spec.connect_timeout)
             .timeout(spec.http_timeout)
             .build()?;
+        let mut spec = spec;
+        if let Some(file) = &spec.sqlite_in_dir {
+            spec.record_store = Some(format!("sqlite://{}", dir.join(file).display()));
+        }
         let mut cluster = ProcessCluster {
             temp,
             dir,
@@ -480,8 +492,9 @@ impl ProcessCluster {
 
     /// Sends `signal` to running node `id` and returns at once (see
     /// [`ProcessCluster::try_reap`] for its exit).
-    pub fn signal(&mut self, id: u64, signal: Signal) -> Result<()> {
-        match self.node_mut(id)?.process.as_mut() {
+    pub fn signal(&self, id: u64, signal: Signal) -> Result<()> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        match node.process.as_ref() {
             Some(p) => p.signal(signal).with_context(|| format!("node {id}")),
             None => bail!("node {id} is not running"),
         }
@@ -494,12 +507,12 @@ impl ProcessCluster {
 
     /// SIGSTOP: node `id` keeps its sockets and state but does nothing until
     /// [`ProcessCluster::resume`]; its HTTP answers wait for the resume.
-    pub fn pause(&mut self, id: u64) -> Result<()> {
+    pub fn pause(&self, id: u64) -> Result<()> {
         self.signal(id, Signal::Stop)
     }
 
     /// SIGCONT.
-    pub fn resume(&mut self, id: u64) -> Result<()> {
+    pub fn resume(&self, id: u64) -> Result<()> {
         self.signal(id, Signal::Cont)
     }
 
@@ -682,16 +695,8 @@ impl ProcessCluster {
     /// The leader every running node names, when that leader is a running data node that
     /// reports itself leader.
     pub async fn agreed_leader(&self) -> Result<u64> {
-        let mut leaders = BTreeSet::new();
-        let mut statuses = BTreeMap::new();
-        for id in self.live() {
-            let s = self
-                .status(id)
-                .await
-                .with_context(|| format!("node {id}"))?;
-            leaders.insert(s.leader_id);
-            statuses.insert(id, s);
-        }
+        let statuses = self.statuses().await?;
+        let leaders: BTreeSet<Option<u64>> = statuses.values().map(|s| s.leader_id).collect();
         let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
             [Some(l)] => *l,
             other => bail!("leaders seen: {other:?}"),
@@ -703,6 +708,19 @@ impl ProcessCluster {
             bail!("node {leader}: raft_state {} role {}", s.raft_state, s.role);
         }
         Ok(leader)
+    }
+
+    /// `GET /v1/cluster` of every running node (the first failure is the error).
+    pub async fn statuses(&self) -> Result<BTreeMap<u64, NodeStatus>> {
+        let mut out = BTreeMap::new();
+        for id in self.live() {
+            let s = self
+                .status(id)
+                .await
+                .with_context(|| format!("node {id}"))?;
+            out.insert(id, s);
+        }
+        Ok(out)
     }
 
     /// Waits (bounded by `within`) for [`ProcessCluster::agreed_leader`].
@@ -997,6 +1015,40 @@ mod tests {
         let addrs: BTreeSet<&str> = [1, 2, 3].iter().map(|i| c.addr(*i)).collect();
         assert_eq!(addrs.len(), 3, "distinct ports");
         assert!(c.log_path(1).ends_with("node1.log"));
+    }
+
+    #[test]
+    fn an_sqlite_store_in_the_cluster_directory() {
+        let mut s = ClusterSpec::new("/bin/false");
+        s.sqlite_in_dir = Some("records.db".into());
+        let c = ProcessCluster::create(s).unwrap();
+        let want = format!("sqlite://{}", c.dir().join("records.db").display());
+        assert_eq!(
+            parse(c.config_path(2))["record_store"].as_str(),
+            Some(want.as_str())
+        );
+        assert!(parse(c.config_path(3)).get("record_store").is_none());
+        let dir = c.dir().to_path_buf();
+        drop(c);
+        assert!(!dir.exists(), "a temp directory is removed on drop");
+    }
+
+    #[test]
+    fn a_kept_directory_outlives_the_cluster() {
+        let mut s = ClusterSpec::new("/bin/false");
+        s.keep = Keep::Always;
+        let c = ProcessCluster::create(s).unwrap();
+        let dir = c.dir().to_path_buf();
+        drop(c);
+        assert!(dir.join("node1.toml").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Keep::OnFailure keeps nothing when no panic unwinds.
+        let mut s = ClusterSpec::new("/bin/false");
+        s.keep = Keep::OnFailure;
+        let c = ProcessCluster::create(s).unwrap();
+        let dir = c.dir().to_path_buf();
+        drop(c);
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{bail, Context, Result};
 
 /// A signal the harness sends to a node.
@@ -53,7 +55,8 @@ pub struct Launch {
 /// while it is unreaped (so the pid cannot belong to anyone else).
 pub struct Process {
     child: Child,
-    paused: bool,
+    /// Stopped by SIGSTOP and not yet continued (a signal needs only `&self`).
+    paused: AtomicBool,
 }
 
 impl Process {
@@ -87,7 +90,7 @@ impl Process {
             .with_context(|| format!("starting {}", launch.bin.display()))?;
         Ok(Process {
             child,
-            paused: false,
+            paused: AtomicBool::new(false),
         })
     }
 
@@ -97,10 +100,10 @@ impl Process {
 
     /// Stopped by SIGSTOP and not yet continued.
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.paused.load(Ordering::SeqCst)
     }
 
-    pub fn signal(&mut self, signal: Signal) -> Result<()> {
+    pub fn signal(&self, signal: Signal) -> Result<()> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
         // SAFETY: kill(2) on the pid of our own unreaped child: the pid cannot have been
         // reused by another process while the child is a zombie at worst.
@@ -112,8 +115,8 @@ impl Process {
             );
         }
         match signal {
-            Signal::Stop => self.paused = true,
-            Signal::Cont => self.paused = false,
+            Signal::Stop => self.paused.store(true, Ordering::SeqCst),
+            Signal::Cont => self.paused.store(false, Ordering::SeqCst),
             _ => {}
         }
         Ok(())
@@ -126,7 +129,7 @@ impl Process {
 
     /// SIGCONT (a paused process cannot act on anything else), SIGKILL, and reap.
     pub fn kill(mut self) -> Option<ExitStatus> {
-        if self.paused {
+        if self.is_paused() {
             let _ = self.signal(Signal::Cont);
         }
         let _ = self.child.kill();
@@ -134,7 +137,10 @@ impl Process {
     }
 }
 
-/// Its own process group and, on Linux, death with the parent.
+/// Its own process group and, on Linux, death with the parent. (Linux sends the death
+/// signal when the *thread* that spawned the child ends: the harness is driven from threads
+/// that outlive its clusters, a test's own thread or the main thread of a tool, never from a
+/// short-lived blocking-pool thread.)
 fn contain(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
@@ -248,7 +254,7 @@ mod tests {
         assert!(log.contains("probe=yes"), "{log}");
 
         // kill() ends a paused child too.
-        let mut p = Process::spawn(&launch).unwrap();
+        let p = Process::spawn(&launch).unwrap();
         p.signal(Signal::Stop).unwrap();
         let status = p.kill().expect("reaped");
         assert_eq!(status.signal(), Some(libc::SIGKILL));

@@ -1,12 +1,14 @@
-//! Harness additions for membership tests: nodes that join a running cluster (new ids, new
-//! ports, empty data directories), wiping a stopped node's data, and membership helpers.
+//! Membership additions to the tests' [`Cluster`]: nodes that join a running cluster (new
+//! ids, new ports, empty data directories, all through the testkit harness), wiping or
+//! moving a stopped node, and membership helpers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tally_testkit::cluster::NodeSpec;
 
-use super::{free_ports, Cluster, NodeProc, Resp, POLL};
+use super::{Cluster, Resp, POLL};
 
 const DIGEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,93 +26,36 @@ impl Cluster {
     /// empty data directory, `[cluster.members]` listing the initial members plus itself — and
     /// starts it. It runs no cluster init: it waits to be added. Returns its address.
     pub async fn start_joining_node(&mut self, id: u64, witness: bool) -> String {
-        assert!(!self.nodes.contains_key(&id), "node {id} already exists");
-        // The template: a node of the same role, for the same optional sections.
-        let template = self
-            .nodes
-            .values()
-            .find(|n| n.witness == witness)
-            .expect("a node of the same role to copy the config from");
-        let text = std::fs::read_to_string(&template.config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let data_dir = self.dir().join(format!("n{id}"));
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let mut witnesses: BTreeSet<u64> = self
-            .nodes
-            .values()
-            .filter(|n| n.witness)
-            .map(|n| n.id)
-            .collect();
-        if witness {
-            witnesses.insert(id);
-        }
-        let witnesses: Vec<String> = witnesses.iter().map(u64::to_string).collect();
-        let mut out = String::new();
-        for line in text.lines() {
-            let key = line.split('=').next().unwrap_or("").trim();
-            let line = match key {
-                "id" => format!("id = {id}"),
-                "role" => format!("role = \"{}\"", if witness { "witness" } else { "data" }),
-                "listen" => format!("listen = \"{addr}\""),
-                "data_dir" => format!("data_dir = \"{}\"", data_dir.display()),
-                "witnesses" => format!("witnesses = [{}]", witnesses.join(", ")),
-                _ => line.to_string(),
-            };
-            out.push_str(&line);
-            out.push('\n');
-            if line.trim() == "[cluster.members]" {
-                out.push_str(&format!("{id} = \"{addr}\"\n"));
-            }
-        }
-        let config = self.dir().join(format!("node{id}.toml"));
-        std::fs::write(&config, out).unwrap();
-        self.nodes.insert(
-            id,
-            NodeProc {
-                id,
-                witness,
-                addr: addr.clone(),
-                data_dir,
-                config,
-                log: self.dir().join(format!("node{id}.log")),
-                child: None,
-            },
-        );
+        let spec = if witness {
+            NodeSpec::witness(id)
+        } else {
+            NodeSpec::data(id)
+        };
+        let addr = self
+            .harness
+            .start_node(spec)
+            .await
+            .unwrap_or_else(|e| panic!("starting joining node {id}: {e:#}"));
         self.api.urls.insert(id, format!("http://{addr}"));
-        self.spawn(id);
-        self.wait_healthy(id).await;
         eprintln!("[harness] started joining node {id} at {addr}");
         addr
     }
 
     /// Starts stopped node `id` and expects it to refuse to start; returns its log.
     pub async fn start_expecting_refusal(&mut self, id: u64) -> String {
-        self.spawn(id);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let child = self.nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
-            if let Ok(Some(status)) = child.try_wait() {
-                self.nodes.get_mut(&id).unwrap().child = None;
-                assert!(!status.success(), "node {id} exited successfully");
-                return self.log_text(id);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id} started although it should have refused"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.harness.spawn(id).unwrap();
+        let status = self
+            .harness
+            .wait_exit(id, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|_| panic!("node {id} started although it should have refused"));
+        assert!(!status.success(), "node {id} exited successfully");
+        self.log_text(id)
     }
 
     /// Empties the data directory of a stopped node (a lost disk).
     pub fn wipe(&mut self, id: u64) {
-        assert!(
-            !self.is_running(id),
-            "node {id} must be stopped before wiping"
-        );
-        let dir = self.data_dir(id).to_path_buf();
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
+        self.harness.wipe(id).unwrap_or_else(|e| panic!("{e:#}"));
         eprintln!("[harness] wiped the data directory of node {id}");
     }
 
@@ -118,57 +63,34 @@ impl Cluster {
     /// `[cluster.members]` change (the other members' configs are left alone: they learn
     /// addresses from the membership). Returns the new address.
     pub fn move_node(&mut self, id: u64) -> String {
-        assert!(
-            !self.is_running(id),
-            "node {id} must be stopped before moving"
-        );
-        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let node = self.nodes.get_mut(&id).unwrap();
-        let old = std::mem::replace(&mut node.addr, addr.clone());
-        let text = std::fs::read_to_string(&node.config).unwrap();
-        let text = text
-            .replace(
-                &format!("listen = \"{old}\""),
-                &format!("listen = \"{addr}\""),
-            )
-            .replace(&format!("{id} = \"{old}\""), &format!("{id} = \"{addr}\""));
-        std::fs::write(&node.config, text).unwrap();
+        let old = self.addr(id).to_string();
+        let addr = self
+            .harness
+            .move_node(id)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         self.api.urls.insert(id, format!("http://{addr}"));
         eprintln!("[harness] node {id} moves from {old} to {addr}");
         addr
     }
 
-    /// Every node this harness started, running or not, the joining ones included.
-    pub fn known_nodes(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
-    }
-
     /// The members as node `id` sees them, sorted by id.
     pub async fn members(&self, id: u64) -> Vec<Member> {
-        let s = self.get_ok(id, "/v1/cluster").await;
-        let mut out: Vec<Member> = s["members"]
-            .as_array()
-            .expect("members")
+        let s = self
+            .status(id)
+            .await
+            .unwrap_or_else(|e| panic!("GET /v1/cluster on node {id}: {e}"));
+        let mut out: Vec<Member> = s
+            .members
             .iter()
             .map(|m| Member {
-                id: m["id"].as_u64().unwrap(),
-                addr: m["addr"].as_str().unwrap().to_string(),
-                role: m["role"].as_str().unwrap().to_string(),
-                voter: m["voter"].as_bool().unwrap(),
+                id: m.id,
+                addr: m.addr.clone(),
+                role: m.role.to_string(),
+                voter: m.voter,
             })
             .collect();
         out.sort();
         out
-    }
-
-    /// Voter ids as node `id` sees them.
-    pub async fn voters(&self, id: u64) -> BTreeSet<u64> {
-        self.members(id)
-            .await
-            .into_iter()
-            .filter(|m| m.voter)
-            .map(|m| m.id)
-            .collect()
     }
 
     /// `POST /v1/cluster/members` on node `via`.

@@ -1,26 +1,28 @@
-//! Harness for the end-to-end tests: a real three-process Tally cluster (two data nodes and
-//! a witness) on loopback ports, plus small HTTP helpers and an independent model of the
-//! aggregates.
+//! Support for the end-to-end tests: a real three-process Tally cluster (two data nodes and
+//! a witness) through the process-cluster harness of `tally-testkit`
+//! ([`tally_testkit::ProcessCluster`]: it spawns, signals, configures and cleans up), plus
+//! small HTTP helpers and an independent model of the aggregates (the oracle: it shares no
+//! code with the product).
 //!
-//! Every child process is started by this harness and killed (SIGKILL) by pid when the
-//! [`Cluster`] is dropped, including while a failing test unwinds; the node logs are then
-//! printed so a failure explains itself. Every wait is bounded in time. Set
+//! [`Cluster`] is a thin layer over the harness that panics with the nodes' log tails
+//! instead of returning errors, so a failing test explains itself. When it is dropped,
+//! including while a failing test unwinds, every child is killed by pid and the nodes'
+//! `/v1/cluster` and logs are printed. Every wait is bounded in time. Set
 //! `TALLY_TEST_KEEP=1` to keep the temporary directory (configs, data, logs).
-
-#![allow(dead_code)]
 
 pub mod joining;
 pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tally_protocol::{NodeStatus, SinkDetail, SinkStatus};
+use tally_testkit::cluster::{ClusterSpec, Keep, ProcessCluster};
+
+pub use tally_testkit::now_ms;
 
 pub const SECRET: &str = "s3cret";
 /// The witness of every test cluster.
@@ -32,6 +34,48 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
+
+/// Which test module's clusters may run now, and how many run: the tests of one module
+/// (one former test binary) may run side by side, as they always could, but never beside a
+/// cluster of another module. Each module was its own test binary, and test binaries ran
+/// one after the other; their timing-sensitive checks (no election while the cluster is
+/// quiet, a chaos test alone on the two cores) rely on that.
+static MODULE_TURN: std::sync::Mutex<(Option<&'static str>, usize)> =
+    std::sync::Mutex::new((None, 0));
+
+/// A module's turn, held by every [`Cluster`] of the module while it lives.
+struct ModuleTurn;
+
+impl ModuleTurn {
+    /// Waits until no cluster of another module runs. `module` is the test's source file.
+    async fn enter(module: &'static str) -> ModuleTurn {
+        let mut waited = false;
+        loop {
+            {
+                let mut turn = MODULE_TURN.lock().unwrap_or_else(|e| e.into_inner());
+                if turn.0.is_none_or(|m| m == module) {
+                    *turn = (Some(module), turn.1 + 1);
+                    return ModuleTurn;
+                }
+                if !waited {
+                    eprintln!("[harness] {module} waits for {:?} to finish", turn.0);
+                    waited = true;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for ModuleTurn {
+    fn drop(&mut self) {
+        let mut turn = MODULE_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        turn.1 -= 1;
+        if turn.1 == 0 {
+            turn.0 = None;
+        }
+    }
+}
 
 /// Options that differ between scenarios.
 #[derive(Clone, Debug, Default)]
@@ -50,23 +94,59 @@ pub struct ClusterOpts {
     pub sql_max_rows: Option<usize>,
 }
 
-struct NodeProc {
-    id: u64,
-    witness: bool,
-    addr: String,
-    data_dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+impl ClusterOpts {
+    /// The harness's description of this scenario's cluster.
+    fn spec(&self) -> ClusterSpec {
+        let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_tally"));
+        spec.temp_prefix = "tally-e2e-".into();
+        spec.secret = SECRET.into();
+        spec.record_store = self.record_store.clone();
+        spec.log_filter = Some("info,openraft=warn".into());
+        spec.env.push(("RUST_BACKTRACE".into(), "1".into()));
+        spec.report_on_panic = true;
+        spec.startup_timeout = STARTUP_TIMEOUT;
+        spec.keep = if std::env::var_os("TALLY_TEST_KEEP").is_some() {
+            Keep::Always
+        } else {
+            Keep::Never
+        };
+        let keys = [
+            ("raft", "snapshot_threshold", self.snapshot_threshold),
+            (
+                "raft",
+                "log_keep_behind_snapshot",
+                self.log_keep_behind_snapshot,
+            ),
+            (
+                "sink",
+                "batch_events",
+                self.sink_batch_events.map(|n| n as u64),
+            ),
+            (
+                "sink",
+                "max_backlog_events",
+                self.sink_max_backlog_events.map(|n| n as u64),
+            ),
+            ("sql", "timeout_ms", self.sql_timeout_ms),
+            ("sql", "max_rows", self.sql_max_rows.map(|n| n as u64)),
+        ];
+        for (table, key, value) in keys {
+            if let Some(v) = value {
+                spec = spec.set(table, key, v);
+            }
+        }
+        spec
+    }
 }
 
 /// A running (or partly running) test cluster. Dropping it kills every child.
 pub struct Cluster {
-    dir: Option<tempfile::TempDir>,
-    nodes: BTreeMap<u64, NodeProc>,
+    harness: ProcessCluster,
     /// Follows no redirects (so `?redirect` answers can be inspected).
     pub http: reqwest::Client,
     api: Api,
+    /// Released last: after the harness has killed every node.
+    _turn: ModuleTurn,
 }
 
 /// How a batch is framed on the wire.
@@ -103,14 +183,12 @@ impl Api {
         let status = resp.status().as_u16();
         let retry_after = header(reqwest::header::RETRY_AFTER);
         let location = header(reqwest::header::LOCATION);
-        let content_type = header(reqwest::header::CONTENT_TYPE);
         let text = resp.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Resp {
             status,
             retry_after,
             location,
-            content_type,
             body,
         })
     }
@@ -193,7 +271,6 @@ pub struct Resp {
     pub status: u16,
     pub retry_after: Option<String>,
     pub location: Option<String>,
-    pub content_type: Option<String>,
     /// The JSON body, or the raw text as a JSON string when it is not JSON.
     pub body: Value,
 }
@@ -212,117 +289,26 @@ impl Resp {
     }
 }
 
-/// Free loopback ports: bind port 0 for each, read it back, then release them all.
+/// Free loopback ports (the harness's picker), for addresses nobody listens on.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    tally_testkit::cluster::free_ports(n).expect("free loopback ports")
 }
 
-/// A TOML basic string holding `s`.
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+/// The sink's details (the part only a node with a record store has).
+pub fn sink_detail(sink: &SinkStatus) -> &SinkDetail {
+    sink.detail
+        .as_ref()
+        .unwrap_or_else(|| panic!("the sink has no record store: {sink:?}"))
 }
 
 impl Cluster {
-    /// Writes the configs and starts all three processes (not yet formed into a cluster).
-    pub async fn start(opts: ClusterOpts) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("tally-e2e-")
-            .tempdir()
-            .expect("temp dir");
-        let ports = free_ports(3);
-        let addrs: BTreeMap<u64, String> = ALL_NODES
-            .iter()
-            .zip(&ports)
-            .map(|(id, p)| (*id, format!("127.0.0.1:{p}")))
-            .collect();
-        let mut members = String::new();
-        for (id, addr) in &addrs {
-            members.push_str(&format!("{id} = \"{addr}\"\n"));
-        }
-        let mut raft = String::new();
-        if let Some(t) = opts.snapshot_threshold {
-            raft.push_str(&format!("snapshot_threshold = {t}\n"));
-        }
-        if let Some(k) = opts.log_keep_behind_snapshot {
-            raft.push_str(&format!("log_keep_behind_snapshot = {k}\n"));
-        }
-        let mut sections = String::new();
-        let mut sink = String::new();
-        if let Some(n) = opts.sink_batch_events {
-            sink.push_str(&format!("batch_events = {n}\n"));
-        }
-        if let Some(n) = opts.sink_max_backlog_events {
-            sink.push_str(&format!("max_backlog_events = {n}\n"));
-        }
-        if !sink.is_empty() {
-            sections.push_str(&format!("\n[sink]\n{sink}"));
-        }
-        let mut sql = String::new();
-        if let Some(ms) = opts.sql_timeout_ms {
-            sql.push_str(&format!("timeout_ms = {ms}\n"));
-        }
-        if let Some(n) = opts.sql_max_rows {
-            sql.push_str(&format!("max_rows = {n}\n"));
-        }
-        if !sql.is_empty() {
-            sections.push_str(&format!("\n[sql]\n{sql}"));
-        }
-        let mut nodes = BTreeMap::new();
-        for (&id, addr) in &addrs {
-            let witness = id == WITNESS;
-            let data_dir = dir.path().join(format!("n{id}"));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            let config = dir.path().join(format!("node{id}.toml"));
-            // A top-level key: it must come before the first table header.
-            let record_store = match (&opts.record_store, witness) {
-                (Some(url), false) => format!("record_store = {}\n", toml_string(url)),
-                _ => String::new(),
-            };
-            let text = format!(
-                "id = {id}\nrole = \"{role}\"\nlisten = \"{addr}\"\ndata_dir = \"{dd}\"\n\
-                 {record_store}\n\
-                 [cluster]\nsecret = \"{SECRET}\"\nwitnesses = [{WITNESS}]\n\n\
-                 [cluster.members]\n{members}\n[raft]\n{raft}{sections}",
-                role = if witness { "witness" } else { "data" },
-                dd = data_dir.display(),
-            );
-            std::fs::write(&config, text).unwrap();
-            nodes.insert(
-                id,
-                NodeProc {
-                    id,
-                    witness,
-                    addr: addr.clone(),
-                    data_dir,
-                    config,
-                    log: dir.path().join(format!("node{id}.log")),
-                    child: None,
-                },
-            );
-        }
+    /// Writes the configs and starts all three processes (not yet formed into a cluster),
+    /// once no cluster of another test module (`module`: its source file) runs.
+    async fn start_for(module: &'static str, opts: ClusterOpts) -> Cluster {
+        let turn = ModuleTurn::enter(module).await;
+        let harness = ProcessCluster::start(opts.spec())
+            .await
+            .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -332,69 +318,46 @@ impl Cluster {
             .unwrap();
         let api = Api {
             http: http.clone(),
-            urls: nodes
-                .iter()
-                .map(|(id, n)| (*id, format!("http://{}", n.addr)))
+            urls: harness
+                .ids()
+                .into_iter()
+                .map(|id| (id, harness.url(id)))
                 .collect(),
         };
-        let mut cluster = Cluster {
-            dir: Some(dir),
-            nodes,
+        Cluster {
+            harness,
             http,
             api,
-        };
-        for id in ALL_NODES {
-            cluster.spawn(id);
+            _turn: turn,
         }
-        for id in ALL_NODES {
-            cluster.wait_healthy(id).await;
-        }
-        cluster
     }
 
     /// Starts the cluster, forms it, and waits for a data-node leader. Returns the leader.
-    pub async fn start_formed(opts: ClusterOpts) -> (Cluster, u64) {
-        let cluster = Cluster::start(opts).await;
-        cluster.init().await;
-        let leader = cluster.wait_leader().await;
-        (cluster, leader)
-    }
-
-    fn node(&self, id: u64) -> &NodeProc {
-        self.nodes
-            .get(&id)
-            .unwrap_or_else(|| panic!("no node {id}"))
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.as_ref().unwrap().path()
+    #[track_caller]
+    pub fn start_formed(opts: ClusterOpts) -> impl Future<Output = (Cluster, u64)> {
+        let module = std::panic::Location::caller().file();
+        async move {
+            let cluster = Cluster::start_for(module, opts).await;
+            cluster.init().await;
+            let leader = cluster.wait_leader().await;
+            (cluster, leader)
+        }
     }
 
     pub fn addr(&self, id: u64) -> &str {
-        &self.node(id).addr
+        self.harness.addr(id)
     }
 
     pub fn url(&self, id: u64) -> String {
-        format!("http://{}", self.node(id).addr)
+        self.harness.url(id)
     }
 
     pub fn data_dir(&self, id: u64) -> &Path {
-        &self.node(id).data_dir
-    }
-
-    pub fn log_path(&self, id: u64) -> &Path {
-        &self.node(id).log
+        self.harness.data_dir(id)
     }
 
     pub fn is_running(&self, id: u64) -> bool {
-        self.node(id).child.is_some()
-    }
-
-    pub fn live_nodes(&self) -> Vec<u64> {
-        ALL_NODES
-            .into_iter()
-            .filter(|&id| self.is_running(id))
-            .collect()
+        self.harness.is_running(id)
     }
 
     pub fn live_data_nodes(&self) -> Vec<u64> {
@@ -404,82 +367,18 @@ impl Cluster {
             .collect()
     }
 
-    fn spawn(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        assert!(node.child.is_none(), "node {id} is already running");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-        // Only the config file speaks: no TALLY_* variable from the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("TALLY_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&node.config)
-            .env("TALLY_LOG", "info,openraft=warn")
-            .env("RUST_BACKTRACE", "1")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = cmd.spawn().expect("spawn tally");
-        node.child = Some(child);
-    }
-
-    async fn wait_healthy(&mut self, id: u64) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(child) = self.nodes.get_mut(&id).unwrap().child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.nodes.get_mut(&id).unwrap().child = None;
-                    panic!(
-                        "node {id} exited during startup ({status}):\n{}",
-                        self.log_tail(id, 40)
-                    );
-                }
-            }
-            if let Ok(r) = self.get(id, "/healthz").await {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id} not healthy within {STARTUP_TIMEOUT:?}:\n{}",
-                self.log_tail(id, 40)
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
     /// `POST /v1/cluster/init` on node 1 (idempotent), retried briefly.
     pub async fn init(&self) {
-        let deadline = Instant::now() + LEADER_TIMEOUT;
-        loop {
-            match self.post_raw(1, "/v1/cluster/init", None, Vec::new()).await {
-                Ok(r) if r.status == 200 => return,
-                other => assert!(Instant::now() < deadline, "cluster init failed: {other:?}"),
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        self.harness
+            .init()
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// SIGKILLs node `id` (a child of this harness) and reaps it.
     pub fn kill(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        // `Child::kill` sends SIGKILL on unix.
-        let _ = child.kill();
-        let _ = child.wait();
+        assert!(self.is_running(id), "node {id} is not running");
+        self.harness.kill(id).unwrap();
         eprintln!("[harness] killed node {id} (SIGKILL)");
     }
 
@@ -487,33 +386,22 @@ impl Cluster {
     /// and state but does nothing until [`Cluster::resume`]. Do not query it meanwhile (its
     /// HTTP answers wait for the resume).
     pub fn pause(&self, id: u64) {
-        self.signal(id, libc::SIGSTOP);
+        self.harness.pause(id).unwrap_or_else(|e| panic!("{e:#}"));
         eprintln!("[harness] paused node {id} (SIGSTOP)");
     }
 
     /// Lets a paused node run again (SIGCONT).
     pub fn resume(&self, id: u64) {
-        self.signal(id, libc::SIGCONT);
+        self.harness.resume(id).unwrap_or_else(|e| panic!("{e:#}"));
         eprintln!("[harness] resumed node {id} (SIGCONT)");
-    }
-
-    fn signal(&self, id: u64, signal: libc::c_int) {
-        let child = self
-            .node(id)
-            .child
-            .as_ref()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        let pid = libc::pid_t::try_from(child.id()).expect("pid");
-        // SAFETY: a plain syscall on the pid of a child this harness started and has not
-        // reaped (reaping happens only in `kill` and `Drop`), so the pid is still ours.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
     }
 
     /// Restarts a killed node with the same config and data directory.
     pub async fn restart(&mut self, id: u64) {
-        self.spawn(id);
-        self.wait_healthy(id).await;
+        self.harness
+            .restart(id)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         eprintln!("[harness] restarted node {id}");
     }
 
@@ -565,13 +453,9 @@ impl Cluster {
         r.body
     }
 
-    /// `GET /v1/cluster` of node `id`.
-    pub async fn status(&self, id: u64) -> Result<Value, String> {
-        match self.get(id, "/v1/cluster").await {
-            Ok(r) if r.status == 200 => Ok(r.body),
-            Ok(r) => Err(format!("status {}: {}", r.status, r.body)),
-            Err(e) => Err(e.to_string()),
-        }
+    /// `GET /v1/cluster` of node `id`, typed.
+    pub async fn status(&self, id: u64) -> Result<NodeStatus, String> {
+        self.harness.status(id).await.map_err(|e| format!("{e:#}"))
     }
 
     /// The `rows` of `GET /v1/aggregates?{query}` on node `id`.
@@ -586,19 +470,19 @@ impl Cluster {
         self.api.sql(id, body).await
     }
 
-    /// The `"sink"` object of node `id`'s `/v1/cluster`.
-    pub async fn sink_status(&self, id: u64) -> Result<Value, String> {
-        self.status(id).await.map(|s| s["sink"].clone())
+    /// The sink section of node `id`'s `/v1/cluster`.
+    pub async fn sink_status(&self, id: u64) -> Result<SinkStatus, String> {
+        self.status(id).await.map(|s| s.sink)
     }
 
     /// Waits (bounded by `within`) until the leader's sink has written everything: the
     /// replicated sink queue is empty on every live data node and the leader's watermark is
-    /// at least `min_index`. Returns the leader's sink object.
+    /// at least `min_index`. Returns the leader's sink section.
     ///
     /// (The record store's own cursor, `store_cursor` / `sink_state.applied_index`, may stay
     /// behind `min_index`: it moves only when there are new events to write, and entries
     /// whose events were all duplicates add none.)
-    pub async fn wait_sink_caught_up(&self, min_index: u64, within: Duration) -> Value {
+    pub async fn wait_sink_caught_up(&self, min_index: u64, within: Duration) -> SinkStatus {
         let deadline = Instant::now() + within;
         loop {
             let last = match self.sink_caught_up_once(min_index).await {
@@ -615,20 +499,21 @@ impl Cluster {
         }
     }
 
-    async fn sink_caught_up_once(&self, min_index: u64) -> Result<Value, String> {
+    async fn sink_caught_up_once(&self, min_index: u64) -> Result<SinkStatus, String> {
         let leader = self.agreed_leader().await?;
         let sink = self.sink_status(leader).await?;
-        let n = |k: &str| sink[k].as_u64();
-        if sink["enabled"] != true || sink["active"] != true {
-            return Err(format!("leader {leader}: sink not active: {sink}"));
+        let active = sink.detail.as_ref().is_some_and(|d| d.active);
+        if !sink.enabled || !active {
+            return Err(format!("leader {leader}: sink not active: {sink:?}"));
         }
-        if n("pending_events") != Some(0) || n("watermark").unwrap_or(0) < min_index {
-            return Err(format!("leader {leader}: {sink}"));
+        let watermark = sink.detail.as_ref().map_or(0, |d| d.watermark);
+        if sink.pending_events != 0 || watermark < min_index {
+            return Err(format!("leader {leader}: {sink:?}"));
         }
         for id in self.live_data_nodes() {
             let s = self.sink_status(id).await?;
-            if s["pending_events"].as_u64() != Some(0) {
-                return Err(format!("node {id}: sink queue not yet trimmed: {s}"));
+            if s.pending_events != 0 {
+                return Err(format!("node {id}: sink queue not yet trimmed: {s:?}"));
             }
         }
         Ok(sink)
@@ -639,64 +524,25 @@ impl Cluster {
     /// Waits until every live node names the same leader, and that leader is a live data
     /// node that reports itself leader. Returns its id.
     pub async fn wait_leader(&self) -> u64 {
-        let deadline = Instant::now() + LEADER_TIMEOUT;
-        loop {
-            let last = match self.agreed_leader().await {
-                Ok(id) => return id,
-                Err(why) => why,
-            };
-            assert!(
-                Instant::now() < deadline,
-                "no agreed data-node leader within {LEADER_TIMEOUT:?}: {last}\n{}",
-                self.all_log_tails(30)
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        self.harness
+            .wait_leader(LEADER_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     async fn agreed_leader(&self) -> Result<u64, String> {
-        let mut leaders = BTreeSet::new();
-        let mut statuses = BTreeMap::new();
-        for id in self.live_nodes() {
-            let s = self
-                .status(id)
-                .await
-                .map_err(|e| format!("node {id}: {e}"))?;
-            leaders.insert(s["leader_id"].as_u64());
-            statuses.insert(id, s);
-        }
-        let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
-            [Some(l)] => *l,
-            other => return Err(format!("leaders seen: {other:?}")),
-        };
-        let s = statuses
-            .get(&leader)
-            .ok_or_else(|| format!("leader {leader} is not a live node"))?;
-        if s["raft_state"] != "Leader" || s["role"] != "data" {
-            return Err(format!(
-                "node {leader}: raft_state {} role {}",
-                s["raft_state"], s["role"]
-            ));
-        }
-        Ok(leader)
+        self.harness
+            .agreed_leader()
+            .await
+            .map_err(|e| format!("{e:#}"))
     }
 
     /// Waits until every live node answers `/readyz` with 200 (leader known, caught up).
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        for id in self.live_nodes() {
-            loop {
-                let r = self.get(id, "/readyz").await;
-                if matches!(&r, Ok(r) if r.status == 200) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node {id} not ready within {CONVERGE_TIMEOUT:?}: {r:?}"
-                );
-                tokio::time::sleep(POLL).await;
-            }
-        }
+        self.harness
+            .wait_ready(CONVERGE_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Waits until every live data node has applied the same index, at least the leader's
@@ -720,8 +566,8 @@ impl Cluster {
     async fn converged_once(&self) -> Result<u64, String> {
         let leader = self.agreed_leader().await?;
         let ls = self.status(leader).await?;
-        let committed = ls["committed_index"].as_u64().unwrap_or(0);
-        let last_log = ls["last_log_index"].as_u64().unwrap_or(0);
+        let committed = ls.committed_index.unwrap_or(0);
+        let last_log = ls.last_log_index.unwrap_or(0);
         if committed != last_log {
             return Err(format!(
                 "leader {leader}: committed {committed} < last log {last_log}"
@@ -730,7 +576,7 @@ impl Cluster {
         let mut applied = BTreeMap::new();
         for id in self.live_data_nodes() {
             let s = self.status(id).await?;
-            applied.insert(id, s["applied_index"].as_u64().unwrap_or(0));
+            applied.insert(id, s.applied_index);
         }
         let distinct: BTreeSet<u64> = applied.values().copied().collect();
         match distinct.into_iter().collect::<Vec<_>>().as_slice() {
@@ -778,85 +624,16 @@ impl Cluster {
     // ---- Logs -----------------------------------------------------------------------------
 
     pub fn log_text(&self, id: u64) -> String {
-        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+        self.harness.log_text(id)
     }
 
-    /// The last `lines` lines of node `id`'s log (reads at most the last 64 KiB).
+    /// The last `lines` lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let Ok(mut f) = File::open(self.log_path(id)) else {
-            return String::from("(no log)");
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-        let mut buf = Vec::new();
-        let _ = f.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.harness.log_tail(id, lines)
     }
 
     pub fn all_log_tails(&self, lines: usize) -> String {
-        ALL_NODES
-            .iter()
-            .map(|&id| {
-                format!(
-                    "----- node {id} log ({}) -----\n{}",
-                    self.log_path(id).display(),
-                    self.log_tail(id, lines)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Cluster {
-    /// `GET /v1/cluster` of every live node, fetched with plain blocking std I/O (usable in
-    /// `Drop`, where no async runtime can be relied on). For failure reports.
-    pub fn status_dump(&self) -> String {
-        use std::io::Write;
-        let mut out = String::new();
-        for node in self.nodes.values().filter(|n| n.child.is_some()) {
-            let text = (|| -> std::io::Result<String> {
-                let addr = node.addr.parse().map_err(std::io::Error::other)?;
-                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {}\r\n\r\n", node.addr)?;
-                let mut buf = String::new();
-                s.read_to_string(&mut buf)?;
-                Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-            })();
-            out.push_str(&format!(
-                "----- node {} /v1/cluster -----\n{}\n",
-                node.id,
-                text.unwrap_or_else(|e| format!("(unavailable: {e})"))
-            ));
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.status_dump());
-        }
-        for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        let keep = std::env::var_os("TALLY_TEST_KEEP").is_some();
-        if std::thread::panicking() {
-            eprintln!("{}", self.all_log_tails(40));
-        }
-        if let Some(dir) = self.dir.take() {
-            if keep {
-                let path = dir.keep();
-                eprintln!("[harness] kept {}", path.display());
-            }
-        }
+        self.harness.all_log_tails(lines)
     }
 }
 

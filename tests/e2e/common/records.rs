@@ -374,11 +374,6 @@ impl Workload {
         }
     }
 
-    /// Asks the writers to stop after their current batch.
-    pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-    }
-
     /// Waits (bounded) for every writer to finish (they stop once `total` events are
     /// issued and their last batch is settled) and merges their reports.
     pub async fn finish(self, within: Duration) -> Outcome {
@@ -760,7 +755,7 @@ pub async fn assert_records_exact(
     let mut applied = 0;
     for id in cluster.live_data_nodes() {
         let s = cluster.status(id).await.unwrap();
-        applied = applied.max(s["applied_index"].as_u64().unwrap());
+        applied = applied.max(s.applied_index);
     }
     assert!(
         newest <= cursor && cursor <= applied,
@@ -829,10 +824,10 @@ pub async fn assert_usage_exact(cluster: &Cluster, db: &RecordsDb<'_>) {
     for id in cluster.live_data_nodes() {
         let s = cluster.status(id).await.unwrap();
         assert_eq!(
-            s["state"]["events_applied"].as_u64(),
+            Some(s.state.events_applied),
             Some(events),
-            "node {id}: events counted in memory vs rows in `events`: {}",
-            s["state"]
+            "node {id}: events counted in memory vs rows in `events`: {:?}",
+            s.state
         );
     }
 }
