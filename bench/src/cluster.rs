@@ -2,8 +2,8 @@
 //! three `tally serve` child processes (data nodes 1 and 2 sharing one SQLite record store,
 //! and witness 3) in a temporary directory, on loopback.
 //!
-//! The harness spawns, signals (by pid), restarts and reaps the nodes and writes their
-//! configs; they run in their own process group, die with the bench if it is killed itself,
+//! The harness makes the directory, spawns, signals (by pid), restarts and reaps the nodes
+//! and writes their configs; they run in their own process group, die with the bench if it is killed itself,
 //! and are SIGKILLed and reaped when the [`BenchCluster`] is dropped — on success, on error
 //! and on interruption alike. What is left here is what the bench asks of the cluster.
 
@@ -50,11 +50,7 @@ impl Stop {
 }
 
 pub struct BenchCluster {
-    /// Declared before `temp`: the nodes are killed before their directory goes.
     cluster: ProcessCluster,
-    /// Removed on drop unless kept.
-    temp: Option<tempfile::TempDir>,
-    dir: PathBuf,
 }
 
 /// A node's `/v1/cluster`, reduced to what the bench looks at.
@@ -75,19 +71,20 @@ impl From<&NodeStatus> for NodeView {
     }
 }
 
-/// What the harness is asked to start: data nodes 1 and 2 and witness 3, with one SQLite
-/// record store in `dir`, `[raft]` timings only where given, and the nodes' log filter.
+/// What the harness is asked to start: data nodes 1 and 2 and witness 3 in a temporary
+/// directory, sharing one SQLite record store there, with `[raft]` timings only where given
+/// and the nodes' log filter.
 fn spec(
     tally: PathBuf,
-    dir: &Path,
     base_port: Option<u16>,
     timings: &Timings,
     node_log_filter: &str,
 ) -> Result<ClusterSpec> {
     let mut spec = ClusterSpec::new(tally);
-    spec.dir = Some(dir.to_path_buf());
-    spec.record_store = Some(format!("sqlite://{}", dir.join("records.db").display()));
+    spec.temp_prefix = "tally-bench-failover-".into();
+    spec.sqlite_in_dir = Some("records.db".into());
     spec.log_filter = Some(node_log_filter.to_string());
+    spec.connect_timeout = Duration::from_millis(500);
     spec.nodes = vec![
         NodeSpec::data(1),
         NodeSpec::data(2),
@@ -121,29 +118,20 @@ impl BenchCluster {
         timings: &Timings,
         node_log_filter: &str,
     ) -> Result<BenchCluster> {
-        let temp = tempfile::Builder::new()
-            .prefix("tally-bench-failover-")
-            .tempdir()
-            .context("creating a temporary directory")?;
-        let dir = temp.path().to_path_buf();
-        let spec = spec(tally, &dir, base_port, timings, node_log_filter)?;
-        let cluster = ProcessCluster::start(spec).await?;
+        let spec = spec(tally, base_port, timings, node_log_filter)?;
         Ok(BenchCluster {
-            cluster,
-            temp: Some(temp),
-            dir,
+            cluster: ProcessCluster::start(spec).await?,
         })
     }
 
+    /// Configs, data, the record store and one log per node.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.cluster.dir()
     }
 
-    /// Keeps the directory (configs, data, logs) after the bench ends.
+    /// Keeps the directory after the bench ends.
     pub fn keep_dir(&mut self) {
-        if let Some(t) = self.temp.take() {
-            let _ = t.keep();
-        }
+        self.cluster.keep_dir();
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -303,12 +291,9 @@ mod tests {
             heartbeat_ms: Some(50),
             ..Timings::default()
         };
-        let s = spec("tally".into(), Path::new("/tmp/b"), Some(7100), &t, "info").unwrap();
-        assert_eq!(
-            s.record_store.as_deref(),
-            Some("sqlite:///tmp/b/records.db")
-        );
-        assert_eq!(s.dir.as_deref(), Some(Path::new("/tmp/b")));
+        let s = spec("tally".into(), Some(7100), &t, "info").unwrap();
+        assert_eq!(s.sqlite_in_dir.as_deref(), Some("records.db"));
+        assert!(s.record_store.is_none());
         let listens: Vec<_> = s.nodes.iter().map(|n| n.listen.clone().unwrap()).collect();
         assert_eq!(
             listens,
@@ -322,15 +307,8 @@ mod tests {
             tally_testkit::cluster::Value::from(50u64)
         );
         assert_eq!(s.log_filter.as_deref(), Some("info"));
-        assert!(spec("tally".into(), Path::new("/b"), Some(u16::MAX), &t, "info").is_err());
-        let free = spec(
-            "tally".into(),
-            Path::new("/b"),
-            None,
-            &Timings::default(),
-            "i",
-        )
-        .unwrap();
+        assert!(spec("tally".into(), Some(u16::MAX), &t, "info").is_err());
+        let free = spec("tally".into(), None, &Timings::default(), "i").unwrap();
         assert!(free.nodes.iter().all(|n| n.listen.is_none()));
         assert!(!free.sections.contains_key("raft"));
     }
