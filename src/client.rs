@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::Value;
+use tally_protocol::NodeStatus;
 
 /// Where to reach a node.
 #[derive(Debug, Args, Clone)]
@@ -159,14 +160,17 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("GET {url}"))?;
             let status = resp.status();
-            let body: Value = resp.json().await.context("reading /v1/cluster")?;
+            let text = resp.text().await.context("reading /v1/cluster")?;
             if !status.is_success() {
-                bail!("{url} answered {status}: {body}");
+                bail!("{url} answered {status}: {text}");
             }
             if json {
+                // As the node sent it (a newer node's fields included).
+                let body: Value = serde_json::from_str(&text).context("reading /v1/cluster")?;
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                print_status(&body);
+                let s: NodeStatus = serde_json::from_str(&text).context("reading /v1/cluster")?;
+                print!("{}", render_status(&s));
             }
         }
         ClusterCommand::Add(args) => {
@@ -260,7 +264,7 @@ async fn print_membership_result(
 ) -> Result<()> {
     println!("{}", answer["message"].as_str().unwrap_or("done"));
     let url = format!("{}/v1/cluster", base(&node.node));
-    let status: Value = client
+    let status: NodeStatus = client
         .get(&url)
         .send()
         .await
@@ -269,41 +273,51 @@ async fn print_membership_result(
         .await
         .context("reading /v1/cluster")?;
     println!();
-    print_status(&status);
+    print!("{}", render_status(&status));
     Ok(())
 }
 
-fn print_status(s: &Value) {
-    println!(
+/// `tally cluster status`: the node, its Raft view, its log, and the members.
+fn render_status(s: &NodeStatus) -> String {
+    use std::fmt::Write as _;
+    // An absent index or leader shows as `null`, as in the JSON.
+    let opt = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "node {} ({}) — {} — leader {} — term {}",
-        s["node_id"],
-        s["role"].as_str().unwrap_or("?"),
-        s["raft_state"].as_str().unwrap_or("?"),
-        s["leader_id"],
-        s["term"]
+        s.node_id,
+        s.role,
+        s.raft_state,
+        opt(s.leader_id),
+        s.term
     );
-    println!(
+    let _ = writeln!(
+        out,
         "log: last {} committed {} applied {} snapshot {} purged {}",
-        s["last_log_index"],
-        s["committed_index"],
-        s["applied_index"],
-        s["snapshot_index"],
-        s["purged_index"]
+        opt(s.last_log_index),
+        opt(s.committed_index),
+        s.applied_index,
+        opt(s.snapshot_index),
+        opt(s.purged_index)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<4} {:<22} {:<8} {:<6} matched",
         "id", "address", "role", "voter"
     );
-    for m in s["members"].as_array().into_iter().flatten() {
-        println!(
+    for m in &s.members {
+        let _ = writeln!(
+            out,
             "{:<4} {:<22} {:<8} {:<6} {}",
-            m["id"],
-            m["addr"].as_str().unwrap_or(""),
-            m["role"].as_str().unwrap_or(""),
-            m["voter"],
-            m["matched_index"]
+            m.id,
+            m.addr,
+            m.role.as_str(),
+            m.voter,
+            opt(m.matched_index)
         );
     }
+    out
 }
 
 pub async fn post(args: PostArgs) -> Result<()> {
@@ -549,6 +563,35 @@ mod tests {
         assert!(
             table.contains("(2 rows; record store complete up to log index 42)"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_node_its_log_and_aligned_members() {
+        let s: super::NodeStatus = serde_json::from_value(serde_json::json!({
+            "node_id": 2, "role": "data", "raft_state": "Follower", "leader_id": 1, "term": 7,
+            "last_log_index": 120, "committed_index": 120, "cluster_committed_index": 120,
+            "applied_index": 119, "snapshot_index": null, "purged_index": null,
+            "members": [
+                {"id": 1, "addr": "127.0.0.1:7101", "role": "data", "voter": true, "matched_index": null},
+                {"id": 3, "addr": "127.0.0.1:7103", "role": "witness", "voter": false, "matched_index": 5}
+            ],
+            "log": {"first_index": 1, "last_index": 120, "entries": 120, "fsyncs": 9, "synced_index": 120},
+            "snapshots": [],
+            "retention": {"snapshot_floor": 0, "witness_max_log_entries": 100000},
+            "state": {"buckets_minute": 0, "buckets_hour": 0, "buckets_day": 0, "dedup_ids": 0, "events_applied": 0},
+            "ingest": {"requests": 0, "events": 0, "entries": 0, "rejected_overload": 0},
+            "sink": {"enabled": false, "replicated_cursor": 0, "pending_events": 0,
+                     "oldest_pending_index": null, "dropped_events": 0}
+        }))
+        .unwrap();
+        assert_eq!(
+            super::render_status(&s),
+            "node 2 (data) — Follower — leader 1 — term 7\n\
+             log: last 120 committed 120 applied 119 snapshot null purged null\n\
+             id   address                role     voter  matched\n\
+             1    127.0.0.1:7101         data     true   null\n\
+             3    127.0.0.1:7103         witness  false  5\n"
         );
     }
 }

@@ -3,7 +3,6 @@
 //! `serve` runs one node from a TOML file (docs/architecture.md#configuration); `demo` runs a local two-data-node +
 //! witness cluster with sample traffic; `cluster` and `post` talk to a running node.
 
-mod bench;
 mod client;
 mod config;
 mod demo;
@@ -36,9 +35,6 @@ enum Command {
     Post(client::PostArgs),
     /// Run one read-only SQL query against the record store.
     Sql(client::SqlArgs),
-    /// Benchmarks that start their own local cluster (build with --release).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 fn main() -> Result<()> {
@@ -60,7 +56,6 @@ fn main() -> Result<()> {
             Command::Cluster(cmd) => client::cluster(cmd).await,
             Command::Post(args) => client::post(args).await,
             Command::Sql(args) => client::sql(args).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
         }
     })
 }

@@ -94,10 +94,26 @@ async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
         let Ok(resp) = http.get(format!("http://{addr}/v1/cluster")).send().await else {
             continue;
         };
-        let Ok(status) = resp.json::<tally_protocol::NodeStatus>().await else {
-            continue;
+        // Only the membership is needed: a peer of another version may differ elsewhere.
+        #[derive(serde::Deserialize)]
+        struct Membership {
+            members: Vec<tally_protocol::MemberStatus>,
+        }
+        let status = match resp.json::<Membership>().await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(
+                    peer,
+                    "could not read the membership of node {peer} at {addr} ({e}); \
+                     starting with an empty data_dir without its confirmation"
+                );
+                continue;
+            }
         };
-        let listed_as_voter = status.voters().any(|m| m.id == id && m.addr == own_addr);
+        let listed_as_voter = status
+            .members
+            .iter()
+            .any(|m| m.id == id && m.voter && m.addr == own_addr);
         if listed_as_voter {
             anyhow::bail!(
                 "node {id} starts with an empty data_dir, but the cluster (asked node {peer} at {addr}) \

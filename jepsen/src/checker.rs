@@ -118,9 +118,42 @@ impl Found {
     }
 }
 
+/// What [`set_full`] found, counted per kind of event id (its result lists at most
+/// [`MAX_LISTED`] anomalies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetFullCounts {
+    /// Distinct event ids that some write carried.
+    pub attempted: u64,
+    /// Distinct event ids that some write got acknowledged.
+    pub acked: u64,
+    /// Rows listed from the store.
+    pub rows: u64,
+    /// Distinct sent event ids present in the store.
+    pub present: u64,
+    /// Acknowledged ids missing from the store.
+    pub lost: u64,
+    /// Sent ids present more than once.
+    pub duplicated: u64,
+    /// Ids never acknowledged (unknown outcome) but present: allowed.
+    pub recovered: u64,
+    /// Present though every write of them was refused.
+    pub failed_but_present: u64,
+    /// Rows whose id was never sent.
+    pub unexpected: u64,
+}
+
 /// set-full over the record store: `store_ids` is every `event_id` row of this run's
 /// events (one entry per row, so a duplicate row appears twice).
 pub fn set_full(tag: &str, facts: &WriteFacts, store_ids: &[String]) -> CheckerResult {
+    set_full_counted(tag, facts, store_ids).0
+}
+
+/// [`set_full`], and how many ids of each kind it found.
+pub fn set_full_counted(
+    tag: &str,
+    facts: &WriteFacts,
+    store_ids: &[String],
+) -> (CheckerResult, SetFullCounts) {
     let mut found = Found::new();
     let mut rows: HashMap<(u32, u64), u32> = HashMap::new();
     for id in store_ids {
@@ -136,6 +169,7 @@ pub fn set_full(tag: &str, facts: &WriteFacts, store_ids: &[String]) -> CheckerR
     let mut lost = 0u64;
     let mut recovered = 0u64;
     let mut duplicated = 0u64;
+    let mut failed_but_present = 0u64;
     let mut keys: Vec<_> = facts.ids.keys().copied().collect();
     keys.sort_unstable();
     for key in keys {
@@ -162,24 +196,35 @@ pub fn set_full(tag: &str, facts: &WriteFacts, store_ids: &[String]) -> CheckerR
                     Some(f.op_index),
                 );
             }
-            (None, n) if n > 0 && !f.maybe_applied => found.push(
-                "failed-but-present",
-                format!("event {id} is in the store though every write of it was refused"),
-                Some(f.op_index),
-            ),
+            (None, n) if n > 0 && !f.maybe_applied => {
+                failed_but_present += 1;
+                found.push(
+                    "failed-but-present",
+                    format!("event {id} is in the store though every write of it was refused"),
+                    Some(f.op_index),
+                )
+            }
             (None, n) if n > 0 => recovered += 1,
             _ => {}
         }
     }
+    let counts = SetFullCounts {
+        attempted: facts.attempted(),
+        acked: facts.acked(),
+        rows: store_ids.len() as u64,
+        present: rows.len() as u64,
+        lost,
+        duplicated,
+        recovered,
+        failed_but_present,
+        unexpected: store_ids.len() as u64 - rows.values().map(|&n| u64::from(n)).sum::<u64>(),
+    };
     let summary = format!(
         "{} attempted, {} acknowledged, {} rows in the store; lost {lost}, duplicated {duplicated}, \
          recovered (unknown outcome, present) {recovered}, unexpected {}",
-        facts.attempted(),
-        facts.acked(),
-        store_ids.len(),
-        store_ids.len() as u64 - rows.values().map(|&n| u64::from(n)).sum::<u64>()
+        counts.attempted, counts.acked, counts.rows, counts.unexpected
     );
-    found.result("set-full", summary)
+    (found.result("set-full", summary), counts)
 }
 
 /// Counter bounds: every final count (per replica, and the store's) lies between the
@@ -462,6 +507,26 @@ mod tests {
         for k in ["unexpected", "duplicated", "lost", "failed-but-present"] {
             assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
         }
+    }
+
+    #[test]
+    fn set_full_counts_every_kind() {
+        let facts = WriteFacts::from_history(&history());
+        let (_, c) = set_full_counted(TAG, &facts, &ids(&[0, 0, 2, 4, 9]));
+        assert_eq!(
+            c,
+            SetFullCounts {
+                attempted: 5,
+                acked: 2,
+                rows: 5,
+                present: 3,
+                lost: 1,
+                duplicated: 1,
+                recovered: 1,
+                failed_but_present: 1,
+                unexpected: 1,
+            }
+        );
     }
 
     #[test]

@@ -53,6 +53,29 @@ pub fn parse_event_id(tag: &str, id: &str) -> Option<(u32, u64)> {
     (event_id(tag, c, s) == id).then_some((c, s))
 }
 
+/// The `POST /v1/events` body (a JSON array) of `batch` in the run tagged `tag`: the events'
+/// `api_name` is the tag, their content a function of the id, so every re-send of an id is
+/// the same event.
+pub fn batch_body(tag: &str, batch: &Batch, ts_ms: i64) -> String {
+    let events: Vec<Value> = (batch.first..batch.first + u64::from(batch.count))
+        .map(|seq| {
+            let code = [200, 200, 200, 201, 404, 500][(seq % 6) as usize];
+            json!({
+                "event_id": event_id(tag, batch.client, seq),
+                "timestamp": ts_ms,
+                "api_name": tag,
+                "api_version": "v1",
+                "resource": format!("/r{}", seq % 4),
+                "method": if seq % 3 == 0 { "POST" } else { "GET" },
+                "response_code": code,
+                "response_time_ms": (seq * 7919) % 400 + 1,
+                "response_size": (seq * 104_729) % 5000,
+            })
+        })
+        .collect();
+    Value::Array(events).to_string()
+}
+
 impl Workload {
     pub fn new(nodes: Vec<(u64, String)>, tag: String, recorder: Recorder) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -70,24 +93,7 @@ impl Workload {
     }
 
     fn body(&self, batch: &Batch, ts_ms: i64) -> String {
-        let events: Vec<Value> = (batch.first..batch.first + u64::from(batch.count))
-            .map(|seq| {
-                // Content is a function of the id, so every re-send is the same event.
-                let code = [200, 200, 200, 201, 404, 500][(seq % 6) as usize];
-                json!({
-                    "event_id": event_id(&self.tag, batch.client, seq),
-                    "timestamp": ts_ms,
-                    "api_name": self.tag,
-                    "api_version": "v1",
-                    "resource": format!("/r{}", seq % 4),
-                    "method": if seq % 3 == 0 { "POST" } else { "GET" },
-                    "response_code": code,
-                    "response_time_ms": (seq * 7919) % 400 + 1,
-                    "response_size": (seq * 104_729) % 5000,
-                })
-            })
-            .collect();
-        Value::Array(events).to_string()
+        batch_body(&self.tag, batch, ts_ms)
     }
 
     /// A writer's loop until `deadline`: new batches, and now and then a replay of a batch

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::cluster::Stop;
-use super::load::{failure_histogram, Failure, Outcome, RequestRecord};
+use crate::cluster::Stop;
+use crate::load::{failure_histogram, Failure, Outcome, RequestRecord};
 
 /// Length of the windows that measure throughput and latency before and after a failover.
 pub const WINDOW: Duration = Duration::from_secs(3);
@@ -405,7 +405,7 @@ impl Report {
         let r = &self.run;
         let _ = writeln!(
             o,
-            "\ntally bench failover — {} round(s) per signal, {} writers, {} events/s in batches of {}",
+            "\ntally-bench failover — {} round(s) per signal, {} writers, {} events/s in batches of {}",
             r.rounds_per_signal, r.writers, r.rate_events_per_s, r.batch_events
         );
         let _ = writeln!(

@@ -1,4 +1,4 @@
-//! `tally bench failover`: how long writes stop when the leader dies or is stopped, and
+//! `tally-bench failover`: how long writes stop when the leader dies or is stopped, and
 //! proof that no acknowledged event was lost. See docs/benchmarks.md.
 //!
 //! One run: start a 2-data + witness cluster of child processes, form it, start the write
@@ -8,17 +8,19 @@
 //! acknowledgement.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
+use tally_jepsen::checker::{self, WriteFacts};
 use tally_raft::RaftTiming;
 
-use super::cluster::{BenchCluster, Stop, Timings, NODES, WITNESS};
-use super::load::{self, Load, LoadConfig, Outcome, RequestRecord};
-use super::report::{self, Report, RoundTimes, RunInfo, Verification, AFTER_SETTLE, WINDOW};
+use crate::cluster::{BenchCluster, Stop, Timings, NODES, WITNESS};
+use crate::load::{self, Load, LoadConfig, Outcome, RequestRecord};
+use crate::report::{self, Report, RoundTimes, RunInfo, Verification, AFTER_SETTLE, WINDOW};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SignalArg {
@@ -55,10 +57,10 @@ pub struct FailoverArgs {
     /// [raft] heartbeat_ms of every node (default: the product default).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
-    /// [raft] election_min_ms of every node; the witness uses twice this.
+    /// [raft] election_min_ms of every node (the witness derives its shorter lease from it).
     #[arg(long)]
     pub election_min_ms: Option<u64>,
-    /// [raft] election_max_ms of every node; the witness uses twice this.
+    /// [raft] election_max_ms of every node (the witness derives its shorter lease from it).
     #[arg(long)]
     pub election_max_ms: Option<u64>,
     /// Timeout of one request attempt, in ms.
@@ -90,10 +92,10 @@ const WARMUP: Duration = Duration::from_secs(5);
 const TERM_EXIT_LIMIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
 
-pub async fn run(args: FailoverArgs) -> Result<()> {
+pub async fn run(args: FailoverArgs, tally: PathBuf) -> Result<()> {
     tokio::select! {
-        r = run_inner(args) => r,
-        _ = crate::serve::shutdown_signal() => {
+        r = run_inner(args, tally) => r,
+        _ = crate::shutdown_signal() => {
             // Dropping `run_inner` drops the cluster, which SIGKILLs and reaps every node.
             bail!("interrupted: the bench's nodes were stopped")
         }
@@ -133,7 +135,7 @@ fn plan(args: &FailoverArgs) -> Vec<Stop> {
     }
 }
 
-async fn run_inner(args: FailoverArgs) -> Result<()> {
+async fn run_inner(args: FailoverArgs, tally: PathBuf) -> Result<()> {
     if args.rounds == 0 || args.writers == 0 || args.rate == 0 || args.batch == 0 {
         bail!("--rounds, --writers, --rate and --batch must be at least 1");
     }
@@ -141,7 +143,7 @@ async fn run_inner(args: FailoverArgs) -> Result<()> {
         bail!("--batch is at most 1000 and --writers at most 256");
     }
     let (given, effective) = timings(&args)?;
-    let mut cluster = BenchCluster::start(args.base_port, &given, &args.node_log).await?;
+    let mut cluster = BenchCluster::start(tally, args.base_port, &given, &args.node_log).await?;
     if args.keep_dir {
         cluster.keep_dir();
     }
@@ -387,17 +389,14 @@ async fn verify(
         sent_events: records.len() as u64 * u64::from(batch),
         ..Verification::default()
     };
-    let mut acked: HashSet<(u32, u64)> = HashSet::new();
     let mut max_index = 0;
     for r in records {
         if let Outcome::Acked(index) = r.outcome {
-            acked.insert((r.writer, r.seq));
+            v.acked_requests += 1;
             max_index = max_index.max(index);
         }
     }
-    v.acked_requests = acked.len() as u64;
     v.acked_events = v.acked_requests * u64::from(batch);
-    let sent: HashSet<(u32, u64)> = records.iter().map(|r| (r.writer, r.seq)).collect();
     for r in records {
         if let Outcome::Rejected(status, m) = &r.outcome {
             v.problems.push(format!(
@@ -422,7 +421,7 @@ async fn verify(
     // Every id, page by page (the store caps rows per answer), at least as fresh as the
     // last acknowledgement.
     const PAGE: usize = 5000;
-    let mut counted: HashSet<(u32, u64, u32)> = HashSet::new();
+    let mut store_ids: Vec<String> = Vec::new();
     let mut after = String::new();
     let pages = v.sent_events as usize / PAGE + 3;
     for _ in 0..pages {
@@ -440,53 +439,47 @@ async fn verify(
         let rows = answer["rows"].as_array().cloned().unwrap_or_default();
         for row in &rows {
             let id = row[0].as_str().unwrap_or("").to_string();
-            match load::parse_event_id(&id) {
-                Some(key) if sent.contains(&(key.0, key.1)) && key.2 < batch => {
-                    if !counted.insert(key) {
-                        v.problems.push(format!("event {id} listed twice"));
-                    }
-                }
-                _ => v.unknown_ids += 1,
-            }
-            after = id;
+            after.clone_from(&id);
+            store_ids.push(id);
         }
         if rows.len() < PAGE {
             break;
         }
     }
-    v.store_ids = counted.len() as u64;
-    let mut missing = Vec::new();
-    for &(w, seq) in &acked {
-        for k in 0..batch {
-            if !counted.contains(&(w, seq, k)) {
-                missing.push(load::event_id(w, seq, k));
-            }
-        }
-    }
-    missing.sort();
-    v.acked_missing = missing.len() as u64;
-    v.acked_missing_examples = missing.into_iter().take(10).collect();
-    v.unacked_but_counted = counted
+    // The chaos suite's set-full checker: every acknowledged id present, none twice, none
+    // unknown, none present that was certainly refused.
+    let facts = WriteFacts::from_history(&load::history(records, batch));
+    let (set_full, c) = checker::set_full_counted(load::BENCH_API, &facts, &store_ids);
+    v.store_ids = c.present;
+    v.acked_missing = c.lost;
+    v.acked_missing_examples = set_full
+        .anomalies
         .iter()
-        .filter(|(w, seq, _)| !acked.contains(&(*w, *seq)))
-        .count() as u64;
-    if v.acked_missing > 0 {
+        .filter(|a| a.kind == "lost")
+        .take(10)
+        .map(|a| a.description.clone())
+        .collect();
+    v.unknown_ids = c.unexpected;
+    v.unacked_but_counted = c.recovered;
+    if c.acked != v.acked_events {
         v.problems.push(format!(
-            "{} acknowledged events are missing from the record store, e.g. {:?}",
-            v.acked_missing, v.acked_missing_examples
+            "{} events acknowledged, but the history holds {} acknowledged ids",
+            v.acked_events, c.acked
         ));
     }
-    if v.unknown_ids > 0 {
+    for a in &set_full.anomalies {
+        v.problems.push(format!("{}: {}", a.kind, a.description));
+    }
+    if set_full.anomaly_count > set_full.anomalies.len() as u64 {
         v.problems.push(format!(
-            "{} ids in the record store were never sent",
-            v.unknown_ids
+            "… {} set-full anomalies in all",
+            set_full.anomaly_count
         ));
     }
-    if v.store_count != v.store_ids + v.unknown_ids {
+    if v.store_count != c.rows {
         v.problems.push(format!(
             "COUNT(*) says {} but {} ids were listed",
-            v.store_count,
-            v.store_ids + v.unknown_ids
+            v.store_count, c.rows
         ));
     }
     verify_state(cluster, leader, &mut v).await?;
@@ -514,17 +507,15 @@ async fn verify_state(cluster: &BenchCluster, leader: u64, v: &mut Verification)
         }
         let indexes: HashSet<u64> = digests.values().map(|(i, _)| *i).collect();
         if digests.len() == data_nodes.len() && indexes.len() == 1 {
-            let same = digests
-                .values()
-                .map(|(_, d)| d)
-                .collect::<HashSet<_>>()
-                .len()
-                == 1;
-            v.digests_agree = Some(same);
-            if !same {
-                v.problems.push(format!(
-                    "data nodes disagree on the state digest at the same index: {digests:?}"
-                ));
+            // The chaos suite's digest checker, once both have applied the same index.
+            let answered = digests
+                .iter()
+                .map(|(id, d)| (*id, Some(d.clone())))
+                .collect();
+            let result = checker::digests(&answered);
+            v.digests_agree = Some(result.valid);
+            for a in &result.anomalies {
+                v.problems.push(format!("{}: {}", a.kind, a.description));
             }
             break;
         }

@@ -14,9 +14,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use tally_jepsen::history::{Batch, Op, OpType, Process, F};
+use tally_jepsen::workload;
 use tokio::task::JoinSet;
 
 /// Requests one writer may have in flight; more would only queue in the client.
@@ -201,47 +203,69 @@ fn since(shared: &Shared, at: &AtomicU64) -> Option<Duration> {
     }
 }
 
-/// The event id of event `k` of request `seq` of writer `w`. Fixed width, so ids sort in
-/// request order and parse back with [`parse_event_id`].
-pub fn event_id(w: u32, seq: u64, k: u32) -> String {
-    format!("fb-{w:03}-{seq:09}-{k:03}")
-}
-
-pub fn parse_event_id(id: &str) -> Option<(u32, u64, u32)> {
-    let mut parts = id.strip_prefix("fb-")?.split('-');
-    let w = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let k = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((w, seq, k))
-}
-
-/// The API name every bench event carries (the verification filters on it).
+/// The run tag of the chaos suite's workload ([`tally_jepsen::workload`]) that the bench's
+/// events use: their `api_name` (the verification filters on it) and the prefix of their ids.
 pub const BENCH_API: &str = "FailoverBench";
 
-fn batch_body(w: u32, seq: u64, batch: u32) -> axum::body::Bytes {
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let mut body = String::new();
-    for k in 0..batch {
-        let event: Value = json!({
-            "event_id": event_id(w, seq, k),
-            "timestamp": ts,
-            "api_name": BENCH_API,
-            "api_version": "1.0.0",
-            "tenant": "bench",
-            "application_id": format!("app-{w}"),
-            "resource": format!("/items/{}", k % 4),
-            "method": "GET",
-            "response_code": 200,
-            "response_time_ms": 5 + k % 20,
-            "response_size": 512,
-        });
-        body.push_str(&event.to_string());
-        body.push('\n');
+/// The events of request `seq` of writer `w`, as a chaos-suite batch: ids
+/// `FailoverBench-c<w>-<n>` for the `batch` consecutive `n` from `seq * batch`.
+pub fn request_batch(w: u32, seq: u64, batch: u32) -> Batch {
+    Batch {
+        client: w,
+        first: seq * u64::from(batch),
+        count: batch,
+        attempt: 0,
+        replay: false,
     }
-    body.into()
+}
+
+fn batch_body(w: u32, seq: u64, batch: u32) -> bytes::Bytes {
+    workload::batch_body(
+        BENCH_API,
+        &request_batch(w, seq, batch),
+        tally_jepsen::now_ms(),
+    )
+    .into()
+}
+
+/// The records as a chaos-suite history (an invoke and a completion per attempt: `ok`,
+/// `info` for a retried failure whose outcome is unknown, `fail` for a 4xx), for its
+/// checkers.
+pub fn history(records: &[RequestRecord], batch: u32) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut push = |kind: OpType, r: &RequestRecord, attempt: u32, at: Duration| {
+        let mut op = Op::new(Process::Client(r.writer), kind, F::Write);
+        op.index = ops.len() as u64;
+        op.time_ms = at.as_secs_f64() * 1000.0;
+        op.batch = Some(Batch {
+            attempt,
+            ..request_batch(r.writer, r.seq, batch)
+        });
+        if let (OpType::Ok, Outcome::Acked(index)) = (kind, &r.outcome) {
+            op.log_index = Some(*index);
+        }
+        ops.push(op);
+    };
+    for r in records {
+        for (attempt, _) in r.failures.iter().enumerate() {
+            push(OpType::Invoke, r, attempt as u32, r.start);
+            push(OpType::Info, r, attempt as u32, r.start);
+        }
+        let last = r.failures.len() as u32;
+        match r.outcome {
+            Outcome::Acked(_) => {
+                push(OpType::Invoke, r, last, r.start);
+                push(OpType::Ok, r, last, r.end);
+            }
+            Outcome::Rejected(..) => {
+                push(OpType::Invoke, r, last, r.start);
+                push(OpType::Fail, r, last, r.end);
+            }
+            // Every attempt failed with an unknown outcome, each recorded above.
+            Outcome::FailedForGood => {}
+        }
+    }
+    ops
 }
 
 async fn writer(
@@ -346,12 +370,12 @@ enum AttemptError {
 async fn attempt(
     http: &reqwest::Client,
     base: &str,
-    body: axum::body::Bytes,
+    body: bytes::Bytes,
     timeout: Duration,
 ) -> Result<u64, AttemptError> {
     let resp = http
         .post(format!("{base}/v1/events"))
-        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)
         .timeout(timeout)
         .send()
@@ -402,21 +426,63 @@ pub fn failure_histogram<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_jepsen::checker::{set_full_counted, WriteFacts};
+
+    fn record(writer: u32, seq: u64, outcome: Outcome, failures: usize) -> RequestRecord {
+        RequestRecord {
+            writer,
+            seq,
+            start: Duration::from_millis(seq),
+            end: Duration::from_millis(seq + 5),
+            attempts: failures as u32 + 1,
+            outcome,
+            failures: vec![(0, Failure::Refused); failures],
+        }
+    }
 
     #[test]
-    fn event_ids_round_trip_and_sort_in_request_order() {
-        let a = event_id(3, 41, 9);
-        assert_eq!(parse_event_id(&a), Some((3, 41, 9)));
-        assert!(event_id(0, 9, 0) < event_id(0, 10, 0));
-        assert_eq!(parse_event_id("other-1-2-3"), None);
-        assert_eq!(parse_event_id("fb-1-2-3-4"), None);
+    fn request_ids_are_the_chaos_suites_and_do_not_overlap() {
+        let b = request_batch(3, 4, 10);
+        assert_eq!((b.client, b.first, b.count), (3, 40, 10));
+        let next = request_batch(3, 5, 10);
+        assert_eq!(b.first + u64::from(b.count), next.first);
+        assert_eq!(
+            workload::parse_event_id(BENCH_API, &workload::event_id(BENCH_API, 3, 41)),
+            Some((3, 41))
+        );
     }
 
     #[test]
     fn bench_events_are_valid() {
         let body = batch_body(1, 2, 10);
         let events =
-            tally_analytics::parse_events(&body, tally_analytics::BodyFormat::Ndjson).unwrap();
+            tally_analytics::parse_events(&body, tally_analytics::BodyFormat::Json).unwrap();
         assert_eq!(events.len(), 10);
+        assert!(events.iter().all(|e| e.api_name == BENCH_API));
+    }
+
+    #[test]
+    fn the_history_feeds_the_set_full_checker() {
+        let records = vec![
+            record(0, 0, Outcome::Acked(7), 2),
+            record(0, 1, Outcome::FailedForGood, 3),
+            record(1, 0, Outcome::Acked(9), 0),
+        ];
+        let h = history(&records, 2);
+        assert_eq!(h.len(), 2 * (3 + 3 + 1));
+        let facts = WriteFacts::from_history(&h);
+        assert_eq!((facts.attempted(), facts.acked()), (6, 4));
+        let id = |c, s| workload::event_id(BENCH_API, c, s);
+        // Writer 0's request 1 (ids 2, 3) may have been applied: present is allowed.
+        let (ok, c) = set_full_counted(
+            BENCH_API,
+            &facts,
+            &[id(0, 0), id(0, 1), id(0, 2), id(1, 0), id(1, 1)],
+        );
+        assert!(ok.valid, "{ok:?}");
+        assert_eq!((c.present, c.recovered, c.lost), (5, 1, 0));
+        let (lost, c) = set_full_counted(BENCH_API, &facts, &[id(0, 0), id(1, 0), id(1, 1)]);
+        assert!(!lost.valid);
+        assert_eq!(c.lost, 1);
     }
 }
