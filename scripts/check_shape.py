@@ -152,7 +152,7 @@ STATUS_KEYS = [
     "snapshot_index", "purged_index", "matched_index", "snapshot_floor", "synced_index",
     "fsyncs", "replicated_cursor", "pending_events", "lag_entries", "store_cursor",
     "events_applied", "dedup_ids", "buckets_minute", "buckets_hour", "buckets_day",
-    "rejected_overload", "witness_max_log_entries", "oldest_pending_index",
+    "rejected_overload", "oldest_pending_index",
     "consecutive_errors", "events_written", "max_backlog_events",
 ]
 STATUS_INDEX = re.compile(r"\[\s*\"(%s)\"\s*\]" % "|".join(STATUS_KEYS))

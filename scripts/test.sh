@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 need_pkgs=()
 have strace || need_pkgs+=(strace)
+have python3 || need_pkgs+=(python3)
 if ! have mariadbd || ! have mariadb-install-db || ! have mariadb; then
   need_pkgs+=(mariadb-server-core mariadb-client-core)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${need_pkgs[*]} (needed by the durability and record-store tests)"
+    echo "installing ${need_pkgs[*]} (needed by the tests)"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
   else
@@ -22,6 +23,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# The codebase's shape: no module import cycles, no string-indexed node status outside the
+# protocol crate, no reference to files outside the repository.
+python3 scripts/check_shape.py
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads "${TALLY_TEST_THREADS:-2}"

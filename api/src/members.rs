@@ -13,9 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{json, Value};
 
-use tally_protocol::NodeStatus;
+use tally_protocol::{MemberStatus, MembershipAnswer, NodeStatus};
 use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
 use tally_raft::{NodeId, NotLeader, TallyNode};
 
@@ -160,15 +159,7 @@ async fn finish(
     leader: Option<NodeId>,
 ) -> Result<Response, ApiError> {
     match result {
-        Ok(outcome) => {
-            let mut answer = membership_json(app);
-            answer["changed"] = json!(outcome.changed);
-            answer["message"] = json!(outcome.message);
-            if let Some(l) = leader {
-                answer["leader_id"] = json!(l);
-            }
-            Ok(axum::Json(answer).into_response())
-        }
+        Ok(outcome) => Ok(axum::Json(membership_answer(app, outcome, leader)).into_response()),
         Err(MembershipError::NotLeader(NotLeader { leader })) => {
             Ok(to_leader(app, headers, method, path, body, leader).await)
         }
@@ -213,7 +204,7 @@ fn api_error(e: MembershipError) -> ApiError {
 }
 
 /// The membership as this node sees it (the shape of `members` in `GET /v1/cluster`).
-fn membership_json(app: &AppState) -> Value {
+fn membership_answer(app: &AppState, outcome: Outcome, leader: Option<NodeId>) -> MembershipAnswer {
     let m = app.node.metrics();
     let membership = m.membership_config.membership();
     let configs = membership.get_joint_config();
@@ -222,24 +213,24 @@ fn membership_json(app: &AppState) -> Value {
         .map(|c| c.iter().copied().collect())
         .unwrap_or_default();
     let replication = m.replication.clone().unwrap_or_default();
-    let members: Vec<Value> = membership
+    let members = membership
         .nodes()
-        .map(|(id, n)| {
-            json!({
-                "id": id,
-                "addr": n.addr,
-                "role": n.role().as_str(),
-                "voter": voters.contains(id),
-                "matched_index": replication.get(id).cloned().flatten().map(|l| l.index),
-            })
+        .map(|(id, n)| MemberStatus {
+            id: *id,
+            addr: n.addr.clone(),
+            role: n.role(),
+            voter: voters.contains(id),
+            matched_index: replication.get(id).cloned().flatten().map(|l| l.index),
         })
         .collect();
-    json!({
-        "leader_id": m.current_leader,
-        "voters": voters,
-        "joint": configs.len() > 1,
-        "members": members,
-    })
+    MembershipAnswer {
+        changed: outcome.changed,
+        message: outcome.message,
+        leader_id: leader.or(m.current_leader),
+        voters,
+        joint: configs.len() > 1,
+        members,
+    }
 }
 
 /// Asks the node at `req.node.addr` who it is (`GET /v1/cluster`) and refuses to add it when

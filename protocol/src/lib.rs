@@ -6,12 +6,13 @@
 //!
 //! * [`NodeStatus`] — `GET /v1/cluster`: who this node is, what Raft says, its log,
 //!   snapshots, state, ingest and record-store sink. `/metrics` renders the same value.
+//! * [`MembershipAnswer`] — what a membership operation did and the membership it left.
 //!
 //! This crate depends on serde alone, so a client links no server code.
 
 mod status;
 
 pub use status::{
-    IngestStatus, LogStatus, MemberStatus, NodeStatus, RaftState, RetentionStatus, Role,
-    SinkDetail, SinkStatus, SnapshotFileStatus, StateStatus,
+    IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus, RaftState,
+    RetentionStatus, Role, SinkDetail, SinkStatus, SnapshotFileStatus, StateStatus,
 };

@@ -129,6 +129,24 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
 }
 
+/// The answer of a membership operation (`POST /v1/cluster/members`, `DELETE
+/// /v1/cluster/members/{id}`, `POST /v1/cluster/leader`): what it did and the membership it
+/// left, as the leader that ran it sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipAnswer {
+    /// Whether the operation changed anything (repeating a finished one changes nothing).
+    pub changed: bool,
+    pub message: String,
+    /// The leader after the operation (after a hand-over: the new one).
+    pub leader_id: Option<u64>,
+    /// The voters of the newest configuration.
+    pub voters: Vec<u64>,
+    /// A joint configuration (old and new voters) is still in force.
+    pub joint: bool,
+    /// Every member; `voter` as in the newest configuration.
+    pub members: Vec<MemberStatus>,
+}
+
 /// The local Raft log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogStatus {
