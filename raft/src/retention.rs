@@ -21,7 +21,7 @@ const SNAPSHOT_INDEX_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the data node's purge decision looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PurgeView {
+pub struct DataPurgeView {
     /// This node's snapshot (`None`: none built yet).
     pub snapshot: Option<u64>,
     pub purged: Option<u64>,
@@ -32,7 +32,7 @@ pub struct PurgeView {
 
 /// Where to purge the log up to, if anywhere: behind the snapshot, keeping `keep` entries,
 /// and never at or past an entry whose events the record store may still lack.
-pub fn purge_point(view: &PurgeView, keep: u64) -> Option<u64> {
+pub fn purge_point(view: &DataPurgeView, keep: u64) -> Option<u64> {
     let snapshot = view.snapshot?;
     let floor = view
         .oldest_pending
@@ -70,7 +70,7 @@ pub(crate) async fn purge_behind_snapshots(
         } else {
             None
         };
-        let view = PurgeView {
+        let view = DataPurgeView {
             snapshot,
             purged,
             oldest_pending,
@@ -111,6 +111,20 @@ pub fn floor_to_publish(own: u64, answers: &[Option<u64>], current: u64) -> Opti
     (floor > current).then_some(floor)
 }
 
+/// Whom the leader `me` asks for their snapshot index: every data member of the membership
+/// but itself — voters and learners alike, as both may need the witness's log — and never
+/// a witness (it holds no analytic snapshots).
+pub fn floor_peers<'a>(
+    me: NodeId,
+    members: impl IntoIterator<Item = (NodeId, &'a TallyNode)>,
+) -> Vec<(NodeId, TallyNode)> {
+    members
+        .into_iter()
+        .filter(|(id, n)| *id != me && !n.witness)
+        .map(|(id, n)| (id, n.clone()))
+        .collect()
+}
+
 /// On the leader: learns how far every data member's snapshot reaches and publishes the
 /// minimum as [`Request::SnapshotFloor`], so the witness knows what it may purge. A data
 /// member that cannot be asked (down) holds the floor where it was. Members are asked over
@@ -129,13 +143,13 @@ pub(crate) async fn publish_snapshot_floor(raft: Raft, state: SharedState, netwo
             if m.state != ServerState::Leader {
                 continue;
             }
-            let members: Vec<(NodeId, TallyNode)> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, n)| **id != m.id && !n.witness)
-                .map(|(id, n)| (*id, n.clone()))
-                .collect();
+            let members = floor_peers(
+                m.id,
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, n)| (*id, n)),
+            );
             (m.id, m.snapshot.map(|l| l.index).unwrap_or(0), members)
         };
         let mut answers = Vec::with_capacity(members.len());
@@ -165,12 +179,36 @@ pub(crate) async fn publish_snapshot_floor(raft: Raft, state: SharedState, netwo
 mod tests {
     use super::*;
 
-    fn view(snapshot: Option<u64>, purged: Option<u64>, oldest: Option<u64>) -> PurgeView {
-        PurgeView {
+    fn view(snapshot: Option<u64>, purged: Option<u64>, oldest: Option<u64>) -> DataPurgeView {
+        DataPurgeView {
             snapshot,
             purged,
             oldest_pending: oldest,
         }
+    }
+
+    #[test]
+    fn the_floor_is_asked_of_every_other_data_member() {
+        let nodes = [
+            (1, TallyNode::data("a:1")),
+            (2, TallyNode::data("a:2")),
+            (3, TallyNode::witness("a:3")),
+            (4, TallyNode::data("a:4")),
+        ];
+        let peers = floor_peers(2, nodes.iter().map(|(id, n)| (*id, n)));
+        assert_eq!(
+            peers,
+            vec![(1, TallyNode::data("a:1")), (4, TallyNode::data("a:4"))]
+        );
+        // Alone with a witness: nobody to ask, the floor is the leader's own snapshot.
+        assert!(floor_peers(
+            1,
+            nodes[..1]
+                .iter()
+                .chain(&nodes[2..3])
+                .map(|(id, n)| (*id, n))
+        )
+        .is_empty());
     }
 
     #[test]

@@ -210,7 +210,7 @@ pub(crate) async fn witness_campaign(raft: Raft, timing: RaftTiming) {
 
 /// What the witness's purge decision looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PurgeView {
+pub struct WitnessPurgeView {
     /// The witness's own snapshot (`None`: none built yet).
     pub snapshot: Option<u64>,
     pub purged: u64,
@@ -232,7 +232,7 @@ pub struct PurgeDecision {
 /// `max_entries` would be kept. `warned_at` throttles the warning: it is given again only
 /// once the forced purge point passes it (the function moves it on).
 pub fn witness_purge_decision(
-    view: &PurgeView,
+    view: &WitnessPurgeView,
     max_entries: u64,
     warned_at: &mut u64,
 ) -> PurgeDecision {
@@ -280,7 +280,7 @@ pub(crate) async fn witness_purge(raft: Raft, state: SharedState, max_entries: u
             continue;
         }
         let floor = state.read().snapshot_floor;
-        let view = PurgeView {
+        let view = WitnessPurgeView {
             snapshot,
             purged,
             last_log_index: last,
@@ -458,8 +458,8 @@ mod tests {
         assert_eq!(clock.last_leader_heard, t0 + 500 * MS);
     }
 
-    fn purge(snapshot: Option<u64>, purged: u64, last: u64, floor: u64) -> PurgeView {
-        PurgeView {
+    fn purge(snapshot: Option<u64>, purged: u64, last: u64, floor: u64) -> WitnessPurgeView {
+        WitnessPurgeView {
             snapshot,
             purged,
             last_log_index: last,
