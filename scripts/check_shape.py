@@ -155,7 +155,10 @@ STATUS_KEYS = [
     "rejected_overload", "oldest_pending_index",
     "consecutive_errors", "events_written", "max_backlog_events",
 ]
-STATUS_INDEX = re.compile(r"\[\s*\"(%s)\"\s*\]" % "|".join(STATUS_KEYS))
+STATUS_INDEX = re.compile(
+    r"(\[\s*\"(%s)\"\s*\]|\.get\(\s*\"(%s)\"\s*\)|\.pointer\(\s*\"/(%s)\b)"
+    % (("|".join(STATUS_KEYS),) * 3)
+)
 
 
 def check_status_indexing():

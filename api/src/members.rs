@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use tally_protocol::{MemberStatus, MembershipAnswer, NodeStatus};
+use tally_protocol::{MembershipAnswer, NodeStatus};
 use tally_raft::membership::{self, AddMember, MembershipError, Outcome};
 use tally_raft::{NodeId, NotLeader, TallyNode};
 
@@ -212,17 +212,7 @@ fn membership_answer(app: &AppState, outcome: Outcome, leader: Option<NodeId>) -
         .last()
         .map(|c| c.iter().copied().collect())
         .unwrap_or_default();
-    let replication = m.replication.clone().unwrap_or_default();
-    let members = membership
-        .nodes()
-        .map(|(id, n)| MemberStatus {
-            id: *id,
-            addr: n.addr.clone(),
-            role: n.role(),
-            voter: voters.contains(id),
-            matched_index: replication.get(id).cloned().flatten().map(|l| l.index),
-        })
-        .collect();
+    let members = tally_raft::status::member_statuses(&m, &voters);
     MembershipAnswer {
         changed: outcome.changed,
         message: outcome.message,

@@ -53,6 +53,7 @@ impl Cluster {
         spec.file_prefix = "n".into();
         spec.secret = format!("jepsen-{}", rand::random::<u64>());
         spec.http_timeout = Duration::from_secs(5);
+        spec.connect_timeout = Duration::from_millis(500);
         spec.env.push(("RUST_LOG".into(), opts.log_filter.clone()));
         if !opts.plants.is_empty() {
             spec.env.push(("TALLY_PLANT".into(), opts.plants.join(",")));

@@ -327,6 +327,106 @@ mod tests {
         assert_eq!(back.sink, SinkStatus::default());
     }
 
+    /// The wire names of `GET /v1/cluster` are a contract (docs/api.md): every client reads
+    /// them through these types, so a renamed field would pass every other test. This one
+    /// pins the whole JSON of a full status.
+    #[test]
+    fn the_wire_format_is_pinned() {
+        let mut status = sample(SinkStatus {
+            enabled: true,
+            replicated_cursor: 4,
+            pending_events: 5,
+            oldest_pending_index: Some(6),
+            dropped_events: 7,
+            detail: Some(SinkDetail {
+                active: true,
+                connected: true,
+                store_cursor: Some(4),
+                watermark: 5,
+                lag_entries: 5,
+                max_backlog_events: 200_000,
+                events_written: 8,
+                events_already_present: 9,
+                transactions: 2,
+                last_write_ms: Some(1_000),
+                last_error: None,
+                last_error_ms: None,
+                consecutive_errors: 0,
+            }),
+        });
+        status.snapshot_index = Some(8);
+        status.purged_index = Some(3);
+        status.log = LogStatus {
+            first_index: Some(4),
+            last_index: Some(10),
+            entries: 7,
+            fsyncs: 11,
+            synced_index: Some(10),
+        };
+        status.snapshots = vec![SnapshotFileStatus {
+            index: 8,
+            id: "1-8".into(),
+            bytes: 512,
+        }];
+        status.retention = RetentionStatus {
+            snapshot_floor: 8,
+            witness_max_log_entries: 1_000_000,
+        };
+        status.state = StateStatus {
+            buckets_minute: 1,
+            buckets_hour: 2,
+            buckets_day: 3,
+            dedup_ids: 4,
+            events_applied: 5,
+        };
+        status.ingest = IngestStatus {
+            requests: 1,
+            events: 2,
+            entries: 3,
+            rejected_overload: 4,
+        };
+        let expected = serde_json::json!({
+            "node_id": 1, "role": "data", "raft_state": "Leader", "leader_id": 1, "term": 3,
+            "last_log_index": 10, "committed_index": 10, "cluster_committed_index": 10,
+            "applied_index": 10, "snapshot_index": 8, "purged_index": 3,
+            "members": [{"id": 1, "addr": "127.0.0.1:7101", "role": "data", "voter": true,
+                "matched_index": 10}],
+            "log": {"first_index": 4, "last_index": 10, "entries": 7, "fsyncs": 11,
+                "synced_index": 10},
+            "snapshots": [{"index": 8, "id": "1-8", "bytes": 512}],
+            "retention": {"snapshot_floor": 8, "witness_max_log_entries": 1_000_000},
+            "state": {"buckets_minute": 1, "buckets_hour": 2, "buckets_day": 3,
+                "dedup_ids": 4, "events_applied": 5},
+            "ingest": {"requests": 1, "events": 2, "entries": 3, "rejected_overload": 4},
+            "sink": {"enabled": true, "replicated_cursor": 4, "pending_events": 5,
+                "oldest_pending_index": 6, "dropped_events": 7, "active": true,
+                "connected": true, "store_cursor": 4, "watermark": 5, "lag_entries": 5,
+                "max_backlog_events": 200_000, "events_written": 8,
+                "events_already_present": 9, "transactions": 2, "last_write_ms": 1_000,
+                "last_error": null, "last_error_ms": null, "consecutive_errors": 0},
+        });
+        assert_eq!(serde_json::to_value(&status).unwrap(), expected);
+        let back: NodeStatus = serde_json::from_value(expected).unwrap();
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn the_membership_answer_is_pinned() {
+        let answer = MembershipAnswer {
+            changed: true,
+            message: "node 4 added".into(),
+            leader_id: Some(1),
+            voters: vec![1, 2, 3],
+            joint: false,
+            members: vec![],
+        };
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            serde_json::json!({"changed": true, "message": "node 4 added", "leader_id": 1,
+                "voters": [1, 2, 3], "joint": false, "members": []})
+        );
+    }
+
     #[test]
     fn roles_parse_and_print() {
         assert_eq!("witness".parse::<Role>().unwrap(), Role::Witness);

@@ -11,7 +11,7 @@ use tally_protocol::{
 };
 
 use crate::node::Node;
-use crate::types::LogId;
+use crate::types::{LogId, RaftMetrics};
 
 fn index(l: &Option<LogId>) -> Option<u64> {
     l.as_ref().map(|l| l.index)
@@ -25,6 +25,23 @@ fn raft_state(s: ServerState) -> RaftState {
         ServerState::Leader => RaftState::Leader,
         ServerState::Shutdown => RaftState::Shutdown,
     }
+}
+
+/// Every member of the membership in `m`, with `voter` meaning "in `voters`" and the
+/// replication progress the leader knows.
+pub fn member_statuses(m: &RaftMetrics, voters: &[u64]) -> Vec<MemberStatus> {
+    let replication = m.replication.clone().unwrap_or_default();
+    m.membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| MemberStatus {
+            id: *id,
+            addr: n.addr.clone(),
+            role: n.role(),
+            voter: voters.contains(id),
+            matched_index: replication.get(id).and_then(index),
+        })
+        .collect()
 }
 
 impl Node {
@@ -41,19 +58,8 @@ impl Node {
 
     fn gather_status(&self, with_snapshot_files: bool) -> NodeStatus {
         let m = self.metrics();
-        let replication = m.replication.clone().unwrap_or_default();
-        let membership = m.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| MemberStatus {
-                id: *id,
-                addr: n.addr.clone(),
-                role: n.role(),
-                voter: voters.contains(id),
-                matched_index: replication.get(id).and_then(index),
-            })
-            .collect();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let members = member_statuses(&m, &voters);
         let (applied_index, stats, snapshot_floor, pending) = {
             let applied = self.state.read();
             (

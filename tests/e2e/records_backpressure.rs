@@ -94,6 +94,7 @@ fn assert_backlog_refusal(r: &Resp, via: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_bound_refuses_with_retry_after_and_recovers_without_loss() {
+    let _module_turn = crate::common::module_turn().await;
     let mut db = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let opts = ClusterOpts {
         record_store: Some(db.url()),

@@ -33,6 +33,7 @@ const OUTAGE: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_records_are_exact_through_leader_kills_and_an_outage() {
     let _turn = TURN.lock().await;
+    let _module_turn = crate::common::module_turn().await;
     let mut db = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let opts = ClusterOpts {
         record_store: Some(db.url()),
@@ -182,6 +183,7 @@ async fn wait_for_sink(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_keeps_the_first_occurrence_of_a_duplicate_id() {
     let _turn = TURN.lock().await;
+    let _module_turn = crate::common::module_turn().await;
     let db = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let opts = ClusterOpts {
         record_store: Some(db.url()),

@@ -57,6 +57,7 @@ async fn sql_endpoint_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_endpoint_on_mariadb() {
     let _turn = TURN.lock().await;
+    let _module_turn = crate::common::module_turn().await;
     let mariadb = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let (cluster, leader) = Cluster::start_formed(opts(mariadb.url())).await;
     let db = RecordsDb::MariaDb(&mariadb);

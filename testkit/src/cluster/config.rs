@@ -241,8 +241,11 @@ mod tests {
         assert_eq!(distinct.len(), 5);
         for p in ports {
             assert_ne!(p, 0);
-            // Released: binding it again works (nobody else took it in between, normally).
-            let _ = TcpListener::bind(("127.0.0.1", p));
+            // Released: binding it again works.
+            assert!(
+                TcpListener::bind(("127.0.0.1", p)).is_ok(),
+                "port {p} released"
+            );
         }
         assert!(free_addr().unwrap().starts_with("127.0.0.1:"));
     }

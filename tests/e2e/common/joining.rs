@@ -171,14 +171,22 @@ impl Cluster {
 
     /// Runs `tally <args>` (a CLI client command) and returns (success, stdout, stderr).
     pub async fn run_cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"));
+        // Only what the test says: no TALLY_* of the environment running the tests.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TALLY_") {
+                cmd.env_remove(key);
+            }
+        }
+        let run = cmd
             .args(args)
-            .env_remove("TALLY_NODE")
             .env("TALLY_CLUSTER_SECRET", super::SECRET)
             .env("NO_COLOR", "1")
             .kill_on_drop(true)
-            .output()
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), run)
             .await
+            .unwrap_or_else(|_| panic!("tally {args:?} did not finish within 120 s"))
             .expect("run tally");
         (
             out.status.success(),

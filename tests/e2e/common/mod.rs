@@ -43,13 +43,24 @@ const POLL: Duration = Duration::from_millis(100);
 static MODULE_TURN: std::sync::Mutex<(Option<&'static str>, usize)> =
     std::sync::Mutex::new((None, 0));
 
+/// Longest wait for another module's turn: a module that holds it longer is stuck.
+const TURN_WAIT: Duration = Duration::from_secs(20 * 60);
+
 /// A module's turn, held by every [`Cluster`] of the module while it lives.
-struct ModuleTurn;
+pub struct ModuleTurn;
+
+/// Takes this module's turn before heavy work that precedes its cluster (starting MariaDB),
+/// so that work does not overlap another module's timing-sensitive cluster either.
+#[track_caller]
+pub fn module_turn() -> impl Future<Output = ModuleTurn> {
+    ModuleTurn::enter(std::panic::Location::caller().file())
+}
 
 impl ModuleTurn {
     /// Waits until no cluster of another module runs. `module` is the test's source file.
     async fn enter(module: &'static str) -> ModuleTurn {
         let mut waited = false;
+        let deadline = tokio::time::Instant::now() + TURN_WAIT;
         loop {
             {
                 let mut turn = MODULE_TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -60,6 +71,12 @@ impl ModuleTurn {
                 if !waited {
                     eprintln!("[harness] {module} waits for {:?} to finish", turn.0);
                     waited = true;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    panic!(
+                        "{module} waited {TURN_WAIT:?} for {:?} to finish its clusters",
+                        turn.0
+                    );
                 }
             }
             tokio::time::sleep(POLL).await;
