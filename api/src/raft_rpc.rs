@@ -14,7 +14,7 @@ use tally_raft::Role;
 use crate::{read_body, AppState};
 
 /// Snapshots travel in one request; this bounds what a peer may make us buffer.
-const MAX_RPC_BYTES: usize = 1 << 30;
+use tally_raft::rpc::MAX_BODY_BYTES as MAX_RPC_BYTES;
 
 fn reply<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Response {
     match result {

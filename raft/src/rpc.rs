@@ -48,8 +48,25 @@ pub enum CodecError {
     Trailing(usize),
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Largest RPC body a node reads (a snapshot travels in one body).
+pub const MAX_BODY_BYTES: usize = 1 << 30;
+
+/// Most bytes a decode may claim for what it builds. A length prefix is trusted only up to
+/// this, so a short body that declares a huge string or vector is an error, not an
+/// allocation that aborts the process. Four times the largest body: integers take up to
+/// eight times their varint size in memory, but bodies are mostly strings and bytes.
+const DECODE_LIMIT: usize = 4 * MAX_BODY_BYTES;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+>;
+
+/// bincode's standard configuration (the wire format) with the decode limit; the limit
+/// changes nothing in what is encoded.
+fn config() -> Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
@@ -104,6 +121,42 @@ mod tests {
             decode::<SnapshotIndexRequest>(&encode(&req).unwrap()).unwrap(),
             req
         );
+    }
+
+    #[test]
+    fn the_limit_leaves_the_wire_format_alone() {
+        let value = (7u64, "event".to_string(), vec![1u8, 2, 3]);
+        assert_eq!(
+            encode(&value).unwrap(),
+            bincode::serde::encode_to_vec(&value, bincode::config::standard()).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_absurd_declared_length_is_an_error_not_an_abort() {
+        // A string, a byte vector and a vector that each claim 2^62 elements in 10 bytes.
+        let mut body = vec![0xFD];
+        body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        body.push(b'x');
+        assert!(matches!(
+            decode::<String>(&body),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode::<Vec<u8>>(&body),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode::<Vec<u64>>(&body),
+            Err(CodecError::Decode(_))
+        ));
+        // Just above the limit, too.
+        let mut body = vec![0xFD];
+        body.extend_from_slice(&((DECODE_LIMIT as u64) + 1).to_le_bytes());
+        assert!(matches!(
+            decode::<Vec<u8>>(&body),
+            Err(CodecError::Decode(_))
+        ));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! and the state digest of both data nodes are the same before and after a series of bad
 //! requests sent to every node (leader, follower and witness).
 
-use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES};
+use crate::common::{
+    now_ms, simple_event, Cluster, ClusterOpts, Resp, ALL_NODES, DATA_NODES, SECRET,
+};
 use serde_json::{json, Value};
 use tally_protocol::StateStatus;
 
@@ -359,6 +361,35 @@ async fn bad_input_is_refused_and_changes_nothing() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401, "node {node}: /raft/append without secret");
+        // With the secret, a snapshot request whose membership lists a node with an address
+        // declared 2^62 bytes long (bincode varint: 0xFD, then 8 little-endian bytes) is
+        // refused with 400; decoding it used to abort the node. The default snapshot meta
+        // encodes as five zero bytes: no last log id, no membership log id, no configs, no
+        // nodes, an empty id; the fourth becomes one node (id 1) with that address.
+        let vote = tally_raft::types::Vote::new(1, 1);
+        let meta = tally_raft::rpc::encode(&tally_raft::types::SnapshotMeta::default()).unwrap();
+        assert_eq!(
+            meta,
+            [0, 0, 0, 0, 0],
+            "the default snapshot meta's encoding"
+        );
+        let mut absurd = tally_raft::rpc::encode(&vote).unwrap();
+        absurd.extend_from_slice(&[0, 0, 0, 1, 1, 0xFD]);
+        absurd.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        absurd.extend_from_slice(b"127.0.0.1:1");
+        let r = cluster
+            .http
+            .post(format!("{}/raft/snapshot", cluster.url(node)))
+            .header("x-tally-secret", SECRET)
+            .body(absurd)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("node {node}: a member address declaring 2^62 bytes: {e}"));
+        assert_eq!(
+            r.status(),
+            400,
+            "node {node}: a member address declaring 2^62 bytes"
+        );
     }
 
     // Nothing changed anywhere, and every node is still serving.
