@@ -11,6 +11,9 @@ use serde::Deserialize;
 use tally_api::SqlLimits;
 use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
+/// Largest `ingest.max_body_bytes` a node accepts: a posted body becomes one Raft entry.
+pub const MAX_INGEST_BODY_BYTES: usize = 64 << 20;
+
 /// The configuration file, as written by an operator. Unknown keys are an error: a typo
 /// must not silently fall back to a default.
 #[derive(Debug, Default, Deserialize)]
@@ -134,7 +137,7 @@ pub struct ServeArgs {
     /// Log entries a witness keeps beyond what every data node holds in a snapshot.
     #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_ENTRIES")]
     pub witness_max_log_entries: Option<u64>,
-    /// Largest POST /v1/events body in bytes.
+    /// Largest POST /v1/events body in bytes (1024 to 64 MiB).
     #[arg(long, env = "TALLY_INGEST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Ingest requests that may queue for the leader's batcher before 503s.
@@ -274,8 +277,12 @@ impl ServeArgs {
             .max_body_bytes
             .or(file.ingest.max_body_bytes)
             .unwrap_or(8 << 20);
-        if max_body_bytes < 1024 {
-            bail!("ingest.max_body_bytes must be at least 1024");
+        if !(1024..=MAX_INGEST_BODY_BYTES).contains(&max_body_bytes) {
+            bail!(
+                "ingest.max_body_bytes must be between 1024 and {MAX_INGEST_BODY_BYTES} \
+                 (64 MiB): a body becomes one Raft entry, which every member holds in memory \
+                 and replicates in one request; split larger batches (got {max_body_bytes})"
+            );
         }
         let mut sink = SinkConfig::default();
         if let Some(n) = self.sink_batch_events.or(file.sink.batch_events) {
@@ -445,6 +452,33 @@ witnesses = [3]
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("snapshot_treshold"), "{err:#}");
+    }
+
+    #[test]
+    fn the_ingest_body_bound_has_a_floor_and_a_ceiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let with = |bytes: usize| {
+            ServeArgs {
+                config: Some(path.clone()),
+                max_body_bytes: Some(bytes),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(with(1024).unwrap().max_body_bytes, 1024);
+        assert_eq!(
+            with(MAX_INGEST_BODY_BYTES).unwrap().max_body_bytes,
+            MAX_INGEST_BODY_BYTES
+        );
+        for bad in [0, 1023, MAX_INGEST_BODY_BYTES + 1, usize::MAX] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("ingest.max_body_bytes must be between"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
