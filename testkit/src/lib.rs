@@ -300,13 +300,10 @@ fn is_executable(path: &Path) -> bool {
 
 /// The last lines of a log file, for error messages.
 fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(30);
     format!(
         "--- {} (tail) ---\n{}",
         path.display(),
-        lines[start..].join("\n")
+        cluster::process::log_tail(path, 30)
     )
 }
 
