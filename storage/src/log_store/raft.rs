@@ -233,6 +233,10 @@ where
         let inner = self.inner.clone();
         let flush_then_report = move || {
             let result = inner.sync_through(ticket).map_err(io::Error::from);
+            // Release the database before reporting: whoever waits on the callback may drop
+            // the store and reopen the directory, and sled's file lock lives as long as any
+            // handle does.
+            drop(inner);
             callback.io_completed(result);
         };
         match tokio::runtime::Handle::try_current() {
