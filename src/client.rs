@@ -18,6 +18,53 @@ pub struct NodeArg {
     /// The cluster secret: cluster operations (init, add, remove, leader) need it.
     #[arg(long, env = "TALLY_CLUSTER_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// An access token (`tally token new`), sent as `Authorization: Bearer`: posting needs
+    /// the ingest role, `sql` and `cluster status` the read role.
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Which credential a command presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Credential {
+    /// The cluster secret (cluster operations).
+    Secret,
+    /// The access token (posting, SQL).
+    Token,
+    /// The token when given, else the secret (status: either one may read it).
+    TokenOrSecret,
+}
+
+impl NodeArg {
+    /// An HTTP client that presents `credential` with every request.
+    fn client(&self, credential: Credential) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let sensitive = |text: &str, what: &str| {
+            let mut value = reqwest::header::HeaderValue::from_str(text)
+                .with_context(|| format!("the {what} must be printable ASCII"))?;
+            value.set_sensitive(true);
+            anyhow::Ok(value)
+        };
+        let token = match credential {
+            Credential::Secret => None,
+            Credential::Token | Credential::TokenOrSecret => self.token.as_deref(),
+        };
+        if let Some(token) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                sensitive(&format!("Bearer {token}"), "token")?,
+            );
+        } else if credential != Credential::Token {
+            if let Some(secret) = &self.secret {
+                headers.insert("x-tally-secret", sensitive(secret, "cluster secret")?);
+            }
+        }
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,29 +143,6 @@ pub struct PostArgs {
     pub retries: u32,
 }
 
-fn http() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()?)
-}
-
-/// A client that sends the cluster secret with every request (cluster operations need it).
-fn http_with_secret(secret: Option<&str>) -> Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(secret) = secret {
-        let mut value = reqwest::header::HeaderValue::from_str(secret)
-            .context("the cluster secret must be printable ASCII")?;
-        value.set_sensitive(true);
-        headers.insert("x-tally-secret", value);
-    }
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .default_headers(headers)
-        .build()?)
-}
-
 fn base(url: &str) -> String {
     let url = url.trim_end_matches('/');
     if url.contains("://") {
@@ -136,7 +160,11 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         | ClusterCommand::Leader { node, .. } => node,
         ClusterCommand::Add(args) => &args.node,
     };
-    let client = http_with_secret(node.secret.as_deref())?;
+    let credential = match &cmd {
+        ClusterCommand::Status { .. } => Credential::TokenOrSecret,
+        _ => Credential::Secret,
+    };
+    let client = node.client(credential)?;
     match cmd {
         ClusterCommand::Init(node) => {
             let url = format!("{}/v1/cluster/init", base(&node.node));
@@ -331,7 +359,7 @@ pub async fn post(args: PostArgs) -> Result<()> {
             Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
         }
     };
-    let client = http()?;
+    let client = args.node.client(Credential::Token)?;
     let url = format!("{}/v1/events", base(&args.node.node));
     let (mut accepted, mut duplicates, mut requests) = (0u64, 0u64, 0u64);
     let mut chunk = String::new();
@@ -456,7 +484,9 @@ pub async fn sql(args: SqlArgs) -> Result<()> {
         body["min_index"] = serde_json::json!(i);
     }
     let url = format!("{}/v1/sql", base(&args.node.node));
-    let resp = http()?
+    let resp = args
+        .node
+        .client(Credential::Token)?
         .post(&url)
         .json(&body)
         .send()

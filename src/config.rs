@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+use tally_api::auth::{AuthConfig, Role as AccessRole, Token};
 use tally_api::SqlLimits;
 use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
@@ -36,6 +37,27 @@ pub struct FileConfig {
     pub sink: SinkSection,
     #[serde(default)]
     pub sql: SqlSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: who may use the public API (docs/security.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+    pub allow_anonymous: Option<bool>,
+}
+
+/// One `[auth] tokens` entry: `{ name = "gw", sha256 = "…", roles = ["ingest"], tenant = "acme.com" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub name: String,
+    pub sha256: String,
+    pub roles: Vec<String>,
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,12 +177,25 @@ pub struct ServeArgs {
     /// Most rows a /v1/sql answer carries (more are cut, and the answer says so).
     #[arg(long, env = "TALLY_SQL_MAX_ROWS")]
     pub sql_max_rows: Option<usize>,
+    /// Access tokens, each NAME:SHA256:ROLE[+ROLE…][:TENANT] (comma-separated in the
+    /// variable); replaces the file's [auth] tokens.
+    #[arg(
+        long = "auth-token",
+        env = "TALLY_AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Option<Vec<String>>,
+    /// Serve requests without a token with every role (true/false).
+    #[arg(long, env = "TALLY_AUTH_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: Option<bool>,
 }
 
 /// A node's effective configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub listen: String,
+    pub auth: AuthConfig,
     pub max_body_bytes: usize,
     pub sql: SqlLimits,
     pub node: NodeOptions,
@@ -320,7 +355,20 @@ impl ServeArgs {
         if role == Role::Data && record_store.is_none() {
             tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
         }
+        let tokens = match self.auth_tokens {
+            Some(flags) => flags
+                .iter()
+                .map(|f| parse_token_flag(f))
+                .collect::<Result<Vec<_>>>()?,
+            None => file.auth.tokens,
+        };
+        let auth = resolve_auth(
+            tokens,
+            self.allow_anonymous.or(file.auth.allow_anonymous),
+            &listen,
+        )?;
         Ok(NodeConfig {
+            auth,
             listen,
             sql,
             max_body_bytes,
@@ -351,6 +399,105 @@ impl ServeArgs {
             },
         })
     }
+}
+
+/// The access policy: the tokens, checked, and whether anonymous requests are served.
+/// Without tokens that is the default only on a loopback listener; elsewhere the node
+/// refuses to start rather than serve the network unauthenticated.
+fn resolve_auth(
+    entries: Vec<TokenEntry>,
+    allow_anonymous: Option<bool>,
+    listen: &str,
+) -> Result<AuthConfig> {
+    let mut tokens: Vec<Token> = Vec::new();
+    for entry in entries {
+        let name = entry.name.trim().to_string();
+        if name.is_empty() {
+            bail!("[auth] tokens: every token needs a name");
+        }
+        let sha256 = tally_api::auth::parse_sha256(&entry.sha256)
+            .map_err(|e| anyhow::anyhow!("[auth] token {name:?}: {e}"))?;
+        if entry.roles.is_empty() {
+            bail!("[auth] token {name:?} has no roles: give it some of ingest, read, admin");
+        }
+        let roles = entry
+            .roles
+            .iter()
+            .map(|r| r.trim().parse::<AccessRole>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("[auth] token {name:?}: {e}"))?;
+        if entry
+            .tenant
+            .as_deref()
+            .is_some_and(|t| t.is_empty() || t.len() > 256)
+        {
+            bail!("[auth] token {name:?}: tenant must be 1 to 256 characters (leave it out for every tenant)");
+        }
+        if let Some(other) = tokens.iter().find(|t| t.name == name) {
+            bail!("[auth] two tokens are named {:?}", other.name);
+        }
+        if let Some(other) = tokens.iter().find(|t| t.sha256 == sha256) {
+            bail!(
+                "[auth] tokens {:?} and {name:?} have the same sha256",
+                other.name
+            );
+        }
+        tokens.push(Token {
+            name,
+            sha256,
+            roles,
+            tenant: entry.tenant,
+        });
+    }
+    let loopback = is_loopback(listen);
+    let anonymous = match (tokens.is_empty(), allow_anonymous) {
+        (_, Some(true)) => {
+            if !loopback {
+                tracing::warn!(%listen, "allow_anonymous = true on a non-loopback address: anyone who reaches this node may post and read every tenant's data");
+            }
+            true
+        }
+        (false, _) => false,
+        (true, Some(false)) => bail!(
+            "[auth] has no tokens and allow_anonymous = false: nothing could post or read; \
+             add tokens (`tally token new`)"
+        ),
+        (true, None) if loopback => true,
+        (true, None) => bail!(
+            "listen = {listen:?} is not a loopback address and [auth] has no tokens: this node \
+             would let anyone who reaches it post and read every tenant's data. Add tokens \
+             (`tally token new --name N --role ingest`), or set [auth] allow_anonymous = true \
+             if the network in front of it is trusted"
+        ),
+    };
+    Ok(AuthConfig { tokens, anonymous })
+}
+
+/// `NAME:SHA256:ROLE[+ROLE…][:TENANT]`, the flag form of a token entry.
+fn parse_token_flag(flag: &str) -> Result<TokenEntry> {
+    let mut parts = flag.splitn(4, ':');
+    let (Some(name), Some(sha256), Some(roles)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!(
+            "--auth-token {:?} is not NAME:SHA256:ROLE[+ROLE…][:TENANT]",
+            flag.split(':').next().unwrap_or_default()
+        );
+    };
+    Ok(TokenEntry {
+        name: name.to_string(),
+        sha256: sha256.to_string(),
+        roles: roles.split('+').map(str::to_string).collect(),
+        tenant: parts.next().map(str::to_string),
+    })
+}
+
+/// Whether `listen` (host:port) binds only loopback addresses.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -529,5 +676,62 @@ witnesses = [3]
             .resolve()
             .unwrap_err();
         assert!(err.to_string().contains("source_ip"), "{err}");
+    }
+
+    #[test]
+    fn auth_tokens_and_when_anonymous_requests_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let resolve = |extra: &str, listen: &str| {
+            std::fs::write(&path, format!("{DOCUMENTED_EXAMPLE}\n{extra}")).unwrap();
+            ServeArgs {
+                config: Some(path.clone()),
+                listen: Some(listen.into()),
+                advertise: Some("127.0.0.1:7101".into()),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        // Loopback without tokens: anonymous, the zero-setup default.
+        let cfg = resolve("", "127.0.0.1:7101").unwrap();
+        assert!(cfg.auth.anonymous && cfg.auth.tokens.is_empty());
+        assert!(resolve("", "localhost:7101").unwrap().auth.anonymous);
+        // Off loopback without tokens: refused, and the message says what to do.
+        let err = resolve("", "0.0.0.0:7101").unwrap_err().to_string();
+        assert!(
+            err.contains("not a loopback address") && err.contains("tally token new"),
+            "{err}"
+        );
+        let cfg = resolve("[auth]\nallow_anonymous = true\n", "0.0.0.0:7101").unwrap();
+        assert!(cfg.auth.anonymous);
+        // With tokens, anonymous requests are refused unless allowed.
+        let tokens = format!(
+            "[auth]\ntokens = [{{ name = \"gw\", sha256 = \"{hash}\", roles = [\"ingest\"] }},\n\
+             {{ name = \"ro\", sha256 = \"{}\", roles = [\"read\", \"admin\"], tenant = \"acme.com\" }}]\n",
+            "a".repeat(64)
+        );
+        let cfg = resolve(&tokens, "0.0.0.0:7101").unwrap();
+        assert!(!cfg.auth.anonymous);
+        assert_eq!(cfg.auth.tokens.len(), 2);
+        assert_eq!(cfg.auth.tokens[1].tenant.as_deref(), Some("acme.com"));
+        assert!(cfg.auth.tokens[1].roles.grant(AccessRole::Admin));
+        assert!(!cfg.auth.tokens[1].roles.grant(AccessRole::Ingest));
+        for (bad, says) in [
+            ("[auth]\ntokens = [{ name = \"gw\", sha256 = \"abc\", roles = [\"ingest\"] }]".to_string(), "not hex"),
+            (format!("[auth]\ntokens = [{{ name = \"gw\", sha256 = \"{hash}\", roles = [] }}]"), "no roles"),
+            (format!("[auth]\ntokens = [{{ name = \"gw\", sha256 = \"{hash}\", roles = [\"root\"] }}]"), "unknown role"),
+            (format!("[auth]\ntokens = [{{ name = \"a\", sha256 = \"{hash}\", roles = [\"read\"] }}, {{ name = \"b\", sha256 = \"{hash}\", roles = [\"read\"] }}]"), "same sha256"),
+            ("[auth]\nallow_anonymous = false\n".to_string(), "nothing could post or read"),
+            (format!("[auth]\ntokens = [{{ name = \"gw\", sha256 = \"{hash}\", role = [\"read\"] }}]"), "unknown field"),
+        ] {
+            let err = format!("{:#}", resolve(&bad, "127.0.0.1:7101").unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        // The flag form.
+        let entry = parse_token_flag(&format!("gw:{hash}:ingest+read:acme.com")).unwrap();
+        assert_eq!(entry.roles, ["ingest", "read"]);
+        assert_eq!(entry.tenant.as_deref(), Some("acme.com"));
+        assert!(parse_token_flag("gw:abc").is_err());
     }
 }

@@ -91,6 +91,11 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     for (id, addr) in &members {
         let cfg = NodeConfig {
             listen: addr.clone(),
+            // Zero setup: anonymous requests on loopback, like a node without [auth].
+            auth: tally_api::auth::AuthConfig {
+                tokens: Vec::new(),
+                anonymous: true,
+            },
             max_body_bytes: 8 << 20,
             sql: tally_api::SqlLimits::default(),
             node: NodeOptions {

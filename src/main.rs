@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod demo;
 mod serve;
+mod token;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Command {
     Post(client::PostArgs),
     /// Run one read-only SQL query against the record store.
     Sql(client::SqlArgs),
+    /// Make access tokens for the [auth] section.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
             Command::Cluster(cmd) => client::cluster(cmd).await,
             Command::Post(args) => client::post(args).await,
             Command::Sql(args) => client::sql(args).await,
+            Command::Token(cmd) => token::run(cmd),
         }
     })
 }

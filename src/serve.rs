@@ -39,6 +39,7 @@ impl RunningNode {
                 max_body_bytes: cfg.max_body_bytes,
                 sql: cfg.sql.clone(),
             },
+            &cfg.auth,
         )?;
         let app = tally_api::router(state);
         let (stop, mut stopped) = watch::channel(false);
@@ -91,7 +92,10 @@ async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
         .timeout(std::time::Duration::from_secs(1))
         .build()?;
     for (peer, addr) in cfg.node.members.iter().filter(|(p, _)| **p != id) {
-        let Ok(resp) = http.get(format!("http://{addr}/v1/cluster")).send().await else {
+        let request = http
+            .get(format!("http://{addr}/v1/cluster"))
+            .header(tally_raft::rpc::SECRET_HEADER, &cfg.node.secret);
+        let Ok(resp) = request.send().await else {
             continue;
         };
         // Only the membership is needed: a peer of another version may differ elsewhere.

@@ -310,6 +310,8 @@ pub struct AggregateQuery {
     pub from_ms: Option<i64>,
     /// Exclusive upper bound on the bucket start, epoch ms.
     pub to_ms: Option<i64>,
+    /// Only rows whose `tenant` equals this.
+    pub tenant: Option<String>,
     /// Only rows whose `api_name` equals this.
     pub api: Option<String>,
     /// Only rows whose `api_version` equals this.
@@ -326,6 +328,7 @@ impl AggregateQuery {
             granularity,
             from_ms: None,
             to_ms: None,
+            tenant: None,
             api: None,
             version: None,
             group_by: KeyColumn::ALL.to_vec(),
@@ -333,7 +336,8 @@ impl AggregateQuery {
     }
 
     fn matches(&self, key: &GroupKey) -> bool {
-        self.api.as_deref().is_none_or(|api| key.api_name == api)
+        self.tenant.as_deref().is_none_or(|t| key.tenant == t)
+            && self.api.as_deref().is_none_or(|api| key.api_name == api)
             && self.version.as_deref().is_none_or(|v| key.api_version == v)
     }
 }

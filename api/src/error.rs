@@ -12,6 +12,8 @@ pub struct ApiError {
     pub details: Vec<Value>,
     /// Seconds, for 429/503.
     pub retry_after: Option<u32>,
+    /// Adds `WWW-Authenticate: Bearer` (a 401 that a token would fix).
+    pub www_authenticate: bool,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             retry_after: None,
+            www_authenticate: false,
         }
     }
 
@@ -58,6 +61,12 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.www_authenticate {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tally\""),
+            );
         }
         resp
     }

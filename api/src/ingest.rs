@@ -1,7 +1,7 @@
 //! `POST /v1/events`: validate, then commit through the leader.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -11,6 +11,7 @@ use tally_raft::now_ms;
 
 use tally_raft::{IngestError, NotLeader};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::forward::forwarded_by;
 use crate::params;
@@ -22,11 +23,12 @@ use crate::{read_body, AppState};
 
 pub async fn post_events(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(app, params, headers, body).await {
+    match handle(app, caller, params, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -34,6 +36,7 @@ pub async fn post_events(
 
 async fn handle(
     app: AppState,
+    caller: Caller,
     params: HashMap<String, String>,
     headers: HeaderMap,
     body: Body,
@@ -44,6 +47,7 @@ async fn handle(
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
     // and changes nothing anywhere.
     let events = params::events(&bytes, format, now_ms())?;
+    params::events_within_tenant(&events, caller.tenant())?;
 
     // While an election runs (a leader just died or handed over), hold the request for
     // up to one election timeout rather than bounce it with a 503 at once.

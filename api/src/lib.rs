@@ -16,6 +16,7 @@
 //! Nothing reachable from the network panics: every handler turns failures into a JSON
 //! error (`{"error": {"code", "message", "details"}}`) with a 4xx or 503.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod forward;
@@ -35,6 +36,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
 
+use auth::{Access, AuthConfig, Authenticator, Role};
 use error::ApiError;
 use forward::Forwarder;
 pub use sql::SqlLimits;
@@ -63,43 +65,64 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub forwarder: Forwarder,
     pub secret: Arc<str>,
+    pub auth: Arc<Authenticator>,
     pub limits: Limits,
 }
 
 impl AppState {
-    pub fn new(node: Arc<Node>, limits: Limits) -> Result<Self, reqwest::Error> {
+    pub fn new(node: Arc<Node>, limits: Limits, auth: &AuthConfig) -> Result<Self, reqwest::Error> {
+        let secret: Arc<str> = node.options.secret.clone().into();
         Ok(AppState {
             forwarder: Forwarder::new(node.id, node.options.source_ip)?,
-            secret: node.options.secret.clone().into(),
+            auth: Arc::new(Authenticator::new(auth, secret.clone())),
+            secret,
             node,
             limits,
         })
     }
 }
 
-/// The complete router of a node.
+/// The complete router of a node. Who may call what is decided here, per route group
+/// (docs/security.md has the table); handlers see the checked [`auth::Caller`].
 pub fn router(state: AppState) -> Router {
-    // Operations that change the cluster need the cluster secret, like Raft RPC: anyone who
-    // could add a member could have the leader stream every event (and the secret) to it.
-    let admin = Router::new()
+    let guarded = |routes: Router<AppState>, access: Access| {
+        routes.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), access),
+            auth::guard,
+        ))
+    };
+    let cluster_ops = Router::new()
         .route("/v1/cluster/init", post(cluster::post_init))
         .route("/v1/cluster/members", post(members::post_member))
         .route("/v1/cluster/members/{id}", delete(members::delete_member))
         .route("/v1/cluster/leader", post(members::post_leader))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_secret,
+            auth::require_secret,
         ));
-    Router::new()
-        .merge(admin)
-        .route("/v1/events", post(ingest::post_events))
-        .route("/v1/aggregates", get(reads::get_aggregates))
-        .route("/v1/state/digest", get(reads::get_digest))
-        .route("/v1/sql", post(sql::post_sql))
-        .route("/v1/cluster", get(cluster::get_cluster))
-        .route("/healthz", get(cluster::healthz))
-        .route("/readyz", get(cluster::readyz))
-        .route("/metrics", get(cluster::metrics))
+    let ingest = guarded(
+        Router::new().route("/v1/events", post(ingest::post_events)),
+        Access::Role(Role::Ingest),
+    );
+    let reads = guarded(
+        Router::new()
+            .route("/v1/aggregates", get(reads::get_aggregates))
+            .route("/v1/state/digest", get(reads::get_digest)),
+        Access::Role(Role::Read),
+    );
+    let sql = guarded(
+        Router::new().route("/v1/sql", post(sql::post_sql)),
+        Access::ReadAllTenants,
+    );
+    let status = guarded(
+        Router::new()
+            .route("/v1/cluster", get(cluster::get_cluster))
+            .route("/metrics", get(cluster::metrics)),
+        Access::ReadOrSecret,
+    );
+    // Raft RPC checks the cluster secret itself (`raft_rpc::accept`), answering in the
+    // plain form the peer client expects.
+    let raft = Router::new()
         .route(tally_raft::rpc::path::APPEND, post(raft_rpc::append))
         .route(tally_raft::rpc::path::VOTE, post(raft_rpc::vote))
         .route(tally_raft::rpc::path::PRE_VOTE, post(raft_rpc::pre_vote))
@@ -111,43 +134,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             tally_raft::rpc::path::SNAPSHOT_INDEX,
             post(raft_rpc::snapshot_index),
-        )
+        );
+    Router::new()
+        .merge(cluster_ops)
+        .merge(ingest)
+        .merge(reads)
+        .merge(sql)
+        .merge(status)
+        .merge(raft)
+        .route("/healthz", get(cluster::healthz))
+        .route("/readyz", get(cluster::readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         // Bodies are read with explicit limits in the handlers (`read_body`), which answer
         // with our JSON 413 rather than axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-/// Lets a request through only with the cluster secret, in `x-tally-secret` or as
-/// `Authorization: Bearer <secret>`.
-async fn require_secret(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let headers = request.headers();
-    let given = headers
-        .get(tally_raft::rpc::SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        })
-        .unwrap_or_default();
-    if tally_raft::rpc::secret_matches(&app.secret, given) {
-        next.run(request).await
-    } else {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "cluster operations need the cluster secret: send it as `x-tally-secret` or \
-             `Authorization: Bearer …` (the CLI reads --secret or TALLY_CLUSTER_SECRET)",
-        )
-        .into_response()
-    }
 }
 
 /// Reads a whole request body, refusing more than `limit` bytes with 413.

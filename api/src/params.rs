@@ -67,6 +67,7 @@ pub fn aggregate_query(
         "granularity",
         "from",
         "to",
+        "tenant",
         "api",
         "version",
         "group_by",
@@ -122,6 +123,7 @@ pub fn aggregate_query(
         granularity,
         from_ms,
         to_ms,
+        tenant: params.get("tenant").cloned(),
         api: params.get("api").cloned(),
         version: params.get("version").cloned(),
         group_by,
@@ -243,6 +245,38 @@ pub fn events(bytes: &[u8], format: BodyFormat, now_ms: i64) -> ApiResult<Vec<Ev
     tally_analytics::check_future_skew(&events, now_ms).map_err(invalid_events)?;
     Ok(events)
 }
+
+/// Refuses a batch that holds an event of another tenant than `scope` (a tenant-scoped
+/// token's): 403 with one detail per such record, so nothing of the batch is counted.
+pub fn events_within_tenant(events: &[Event], scope: Option<&str>) -> ApiResult<()> {
+    let Some(scope) = scope else { return Ok(()) };
+    let details: Vec<serde_json::Value> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.tenant != scope)
+        .take(MAX_SCOPE_DETAILS)
+        .map(|(record, e)| {
+            json!({
+                "record": record,
+                "field": "tenant",
+                "message": format!("tenant {:?} is not {scope:?}, the only tenant this token may post", e.tenant),
+            })
+        })
+        .collect();
+    match details.first() {
+        None => Ok(()),
+        Some(first) => Err(crate::auth::forbidden(format!(
+            "record {} belongs to another tenant than {scope:?}, the only tenant this token may \
+             post; the batch was not counted",
+            first["record"]
+        ))
+        .with_details(details)),
+    }
+}
+
+/// Details listed for a batch refused for its tenants: enough to see the problem, bounded
+/// whatever the batch size.
+const MAX_SCOPE_DETAILS: usize = 20;
 
 fn invalid_events(e: BatchError) -> ApiError {
     let details = e
@@ -436,6 +470,7 @@ mod tests {
                 granularity: Granularity::Hour,
                 from_ms: None,
                 to_ms: None,
+                tenant: None,
                 api: None,
                 version: None,
                 group_by: KeyColumn::ALL.to_vec(),
@@ -450,6 +485,7 @@ mod tests {
             ("granularity", "minute"),
             ("from", "-5"),
             ("to", "1700000000000"),
+            ("tenant", "acme.com"),
             ("api", "orders"),
             ("version", "v2"),
             ("group_by", "api_name, method,api_name"),
@@ -462,6 +498,7 @@ mod tests {
                 granularity: Granularity::Minute,
                 from_ms: Some(-5),
                 to_ms: Some(1_700_000_000_000),
+                tenant: Some("acme.com".into()),
                 api: Some("orders".into()),
                 version: Some("v2".into()),
                 // Trimmed, de-duplicated, in the order asked.
@@ -537,7 +574,7 @@ mod tests {
     fn aggregate_refuses_unknown_parameters() {
         refused_with(
             aggregate_query(&query(&[("limit", "10")])),
-            r#"unknown query parameter "limit"; accepted: granularity, from, to, api, version, group_by, consistency"#,
+            r#"unknown query parameter "limit"; accepted: granularity, from, to, tenant, api, version, group_by, consistency"#,
         );
         refused_with(
             aggregate_query(&query(&[("consistency", "eventual")])),
@@ -865,6 +902,41 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("more than 24 h ahead of the server clock"));
+    }
+
+    #[test]
+    fn a_scoped_token_posts_only_its_tenant() {
+        let mut mine = event_json("a", NOW_MS);
+        mine["tenant"] = json!("acme.com");
+        let mut theirs = event_json("b", NOW_MS);
+        theirs["tenant"] = json!("globex.com");
+        let untenanted = event_json("c", NOW_MS);
+        let body = serde_json::to_vec(&json!([mine, theirs, untenanted])).unwrap();
+        let batch = events(&body, BodyFormat::Json, NOW_MS).unwrap();
+        events_within_tenant(&batch, None).unwrap();
+        events_within_tenant(&batch[..1], Some("acme.com")).unwrap();
+        let e = events_within_tenant(&batch, Some("acme.com")).unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(
+            e.message.starts_with("record 1 belongs to another tenant"),
+            "{}",
+            e.message
+        );
+        let records: Vec<_> = e.details.iter().map(|d| d["record"].clone()).collect();
+        assert_eq!(records, [json!(1), json!(2)]);
+        assert!(e.details.iter().all(|d| d["field"] == "tenant"));
+        // Bounded, whatever the batch holds.
+        let many: Vec<_> = (0..100)
+            .map(|i| event_json(&format!("e{i}"), NOW_MS))
+            .collect();
+        let batch = events(
+            &serde_json::to_vec(&many).unwrap(),
+            BodyFormat::Json,
+            NOW_MS,
+        )
+        .unwrap();
+        let e = events_within_tenant(&batch, Some("acme.com")).unwrap_err();
+        assert_eq!(e.details.len(), MAX_SCOPE_DETAILS);
     }
 
     // ---- membership ----

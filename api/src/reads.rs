@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
+use tally_analytics::AggregateQuery;
 use tally_raft::Role;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::forward::was_forwarded;
 use crate::params::{self, Consistency};
@@ -18,12 +20,14 @@ use crate::AppState;
 
 pub async fn get_aggregates(
     State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
     let run = async {
-        let (query, consistency) = params::aggregate_query(&params)?;
+        let (mut query, consistency) = params::aggregate_query(&params)?;
+        confine_to_tenant(&mut query, caller.tenant())?;
         if let Some(resp) = route_read(&app, &headers, &uri, consistency).await? {
             return Ok(resp);
         }
@@ -79,6 +83,21 @@ pub async fn get_digest(
         )
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A tenant-scoped caller reads only its tenant's rows: the query is filtered to it, and
+/// asking for another tenant is a 403 rather than a silently empty answer.
+fn confine_to_tenant(query: &mut AggregateQuery, scope: Option<&str>) -> ApiResult<()> {
+    let Some(scope) = scope else { return Ok(()) };
+    match &query.tenant {
+        Some(asked) if asked != scope => Err(crate::auth::forbidden(format!(
+            "this token reads only tenant {scope:?}, not {asked:?}"
+        ))),
+        _ => {
+            query.tenant = Some(scope.to_string());
+            Ok(())
+        }
+    }
 }
 
 /// Decides where a read is answered. `Ok(None)`: answer it here, from local state (after
@@ -146,5 +165,24 @@ fn leader_addr(app: &AppState) -> ApiResult<String> {
             "no_leader",
             "no leader is known right now; retry",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_analytics::Granularity;
+
+    #[test]
+    fn a_scoped_caller_reads_only_its_tenant() {
+        let mut q = AggregateQuery::new(Granularity::Hour);
+        confine_to_tenant(&mut q, None).unwrap();
+        assert_eq!(q.tenant, None);
+        confine_to_tenant(&mut q, Some("acme.com")).unwrap();
+        assert_eq!(q.tenant.as_deref(), Some("acme.com"));
+        confine_to_tenant(&mut q, Some("acme.com")).unwrap();
+        let e = confine_to_tenant(&mut q, Some("globex.com")).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::FORBIDDEN);
+        assert!(e.message.contains("globex.com"), "{}", e.message);
     }
 }

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod access;
 mod bad_input;
 mod durability;
 mod ingest_replicated;

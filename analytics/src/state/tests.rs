@@ -343,6 +343,7 @@ fn query_filters_and_exclusive_to() {
     let minute = |from, to, api: Option<&str>, version: Option<&str>| AggregateQuery {
         from_ms: from,
         to_ms: to,
+        tenant: None,
         api: api.map(str::to_string),
         version: version.map(str::to_string),
         group_by: vec![],

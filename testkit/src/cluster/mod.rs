@@ -131,6 +131,9 @@ pub struct ClusterSpec {
     pub http_timeout: Duration,
     /// Connect timeout of the harness's own HTTP requests.
     pub connect_timeout: Duration,
+    /// Bearer token the harness presents for its reads (digests) on a cluster with
+    /// `[auth]` tokens; status requests present the cluster secret.
+    pub read_token: Option<String>,
 }
 
 impl ClusterSpec {
@@ -158,6 +161,7 @@ impl ClusterSpec {
             startup_timeout: Duration::from_secs(30),
             http_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            read_token: None,
         }
     }
 
@@ -805,6 +809,7 @@ impl ProcessCluster {
         let r = self
             .http
             .get(format!("{}/v1/cluster", self.url(id)))
+            .header("x-tally-secret", self.secret())
             .timeout(limit)
             .send()
             .await?;
@@ -818,11 +823,11 @@ impl ProcessCluster {
 
     /// `GET /v1/state/digest` of data node `id`.
     pub async fn digest(&self, id: u64) -> Result<Digest> {
-        let r = self
-            .http
-            .get(format!("{}/v1/state/digest", self.url(id)))
-            .send()
-            .await?;
+        let mut request = self.http.get(format!("{}/v1/state/digest", self.url(id)));
+        if let Some(token) = &self.spec.read_token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await?;
         let code = r.status();
         let text = r.text().await?;
         if code != reqwest::StatusCode::OK {
@@ -873,7 +878,11 @@ impl ProcessCluster {
                 let sock = addr.parse().map_err(std::io::Error::other)?;
                 let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1))?;
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                write!(s, "GET /v1/cluster HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+                write!(
+                    s,
+                    "GET /v1/cluster HTTP/1.0\r\nHost: {addr}\r\nx-tally-secret: {}\r\n\r\n",
+                    self.secret()
+                )?;
                 let mut buf = String::new();
                 s.read_to_string(&mut buf)?;
                 Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())

@@ -109,6 +109,11 @@ pub struct ClusterOpts {
     pub sql_timeout_ms: Option<u64>,
     /// `[sql] max_rows`.
     pub sql_max_rows: Option<usize>,
+    /// Environment of every node (e.g. `TALLY_AUTH_TOKENS`).
+    pub env: Vec<(String, String)>,
+    /// A token the test's own HTTP client and the harness's reads present (for clusters
+    /// with `[auth]` tokens).
+    pub token: Option<String>,
 }
 
 impl ClusterOpts {
@@ -120,6 +125,8 @@ impl ClusterOpts {
         spec.record_store = self.record_store.clone();
         spec.log_filter = Some("info,openraft=warn".into());
         spec.env.push(("RUST_BACKTRACE".into(), "1".into()));
+        spec.env.extend(self.env.iter().cloned());
+        spec.read_token = self.token.clone();
         spec.report_on_panic = true;
         spec.startup_timeout = STARTUP_TIMEOUT;
         spec.keep = if std::env::var_os("TALLY_TEST_KEEP").is_some() {
@@ -326,8 +333,16 @@ impl Cluster {
         let harness = ProcessCluster::start(opts.spec())
             .await
             .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &opts.token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+        }
         let http = reqwest::Client::builder()
             .no_proxy()
+            .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
