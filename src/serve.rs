@@ -165,10 +165,34 @@ pub async fn shutdown_signal() {
 pub async fn serve(cfg: NodeConfig) -> Result<()> {
     activate_plants()?;
     let running = RunningNode::start(cfg).await?;
-    shutdown_signal().await;
+    let node = running.node.clone();
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        reason = node.stopped() => exit_on_fatal(&reason).await,
+    }
     tracing::info!("stopping");
     running.stop().await;
     Ok(())
+}
+
+/// Exit status of a node whose Raft stopped on a fatal error (`EX_IOERR`): a supervisor
+/// restarts it, and on restart it recovers from what its disk really holds.
+pub const EXIT_FATAL: i32 = 74;
+
+/// Raft stopped on a fatal error (a failed fsync, a storage error): the log store refuses
+/// every write after it, so the node could never again vote, append or acknowledge. Staying
+/// up would leave a zombie that looks alive; exit instead. `/healthz` and `/readyz` already
+/// answer 503 (they read the same state); the short pause lets a probe see that.
+async fn exit_on_fatal(reason: &str) -> ! {
+    tracing::error!(
+        reason,
+        exit_status = EXIT_FATAL,
+        "raft stopped on a fatal error; exiting so that a supervisor restarts this node"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // No graceful shutdown: handing leadership over or flushing needs the storage that
+    // just failed. Whatever was acknowledged is durable on a majority already.
+    std::process::exit(EXIT_FATAL)
 }
 
 /// `TALLY_PLANT`: planted bugs for the chaos suite (docs/chaos.md). Only a build with the

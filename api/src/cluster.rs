@@ -29,12 +29,29 @@ pub async fn post_init(State(app): State<AppState>) -> Response {
     }
 }
 
-pub async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+/// Alive: the process runs and so does Raft. A node whose Raft stopped on a fatal error
+/// (it then exits at once, see `tally serve`) says so rather than "ok".
+pub async fn healthz(State(app): State<AppState>) -> Response {
+    match app.node.stopped_reason() {
+        None => axum::Json(json!({"status": "ok"})).into_response(),
+        Some(reason) => raft_stopped(&reason),
+    }
+}
+
+fn raft_stopped(reason: &str) -> Response {
+    let mut e = ApiError::unavailable(
+        "raft_stopped",
+        format!("raft stopped on a fatal error ({reason}); this node is exiting to be restarted"),
+    );
+    e.retry_after = None;
+    e.into_response()
 }
 
 /// Ready: a leader is known and this node has applied everything it knows committed.
 pub async fn readyz(State(app): State<AppState>) -> Response {
+    if let Some(reason) = app.node.stopped_reason() {
+        return raft_stopped(&reason);
+    }
     let m = app.node.metrics();
     let applied = app.node.state.read().applied_index();
     // Caught up with what the cluster committed, not just with what reached this node.

@@ -238,6 +238,29 @@ impl Node {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Why Raft stopped, if it did: a fatal error (a failed fsync, a storage error) ends
+    /// openraft's core for good, and the node is then of no use to its cluster until it is
+    /// restarted. `None` while Raft runs.
+    pub fn stopped_reason(&self) -> Option<String> {
+        match &self.raft.metrics().borrow_watched().running_state {
+            Ok(()) => None,
+            Err(fatal) => Some(fatal.to_string()),
+        }
+    }
+
+    /// Resolves once Raft has stopped on a fatal error (or on shutdown), with the reason.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(reason) = self.stopped_reason() {
+                return reason;
+            }
+            if metrics.changed().await.is_err() {
+                return "raft's metrics channel closed".into();
+            }
+        }
+    }
+
     /// The leader as this node currently knows it.
     pub fn leader(&self) -> Option<(NodeId, TallyNode)> {
         let m = self.raft.metrics();

@@ -12,6 +12,7 @@ mod common;
 mod access;
 mod bad_input;
 mod durability;
+mod fatal_storage;
 mod ingest_replicated;
 mod leader_kill;
 mod leader_stall;

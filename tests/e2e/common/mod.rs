@@ -388,6 +388,18 @@ impl Cluster {
         self.harness.data_dir(id)
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.harness.pid(id)
+    }
+
+    /// Reaps node `id` if it has exited on its own; its exit status.
+    pub fn try_reap(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.harness
+            .try_reap(id)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.harness.is_running(id)
     }
