@@ -99,6 +99,12 @@ impl State {
         self.applied_index
     }
 
+    /// The newest ingest time applied (`None` before the first entry): the state's "now",
+    /// which the proposer's next stamp must not go below.
+    pub fn high_water_ms(&self) -> Option<i64> {
+        self.analytic.high_water_ms
+    }
+
     /// Applies one committed ingest entry. Returns one outcome per request, in order.
     ///
     /// Steps, all driven by the entry's bytes only:

@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
-use tally_raft::now_ms;
 
 use tally_raft::{IngestError, NotLeader};
 
@@ -45,8 +44,10 @@ async fn handle(
     let bytes = read_body(body, app.limits.max_body_bytes).await?;
     let format = params::body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
-    // and changes nothing anywhere.
-    let events = params::events(&bytes, format, now_ms())?;
+    // and changes nothing anywhere. Event times are checked against the cluster's time (this
+    // node's clock held near its voters'), so a node whose clock jumped ahead lets no
+    // far-future events in.
+    let events = params::events(&bytes, format, app.node.clock.trusted_now_ms())?;
     params::events_within_tenant(&events, caller.tenant())?;
 
     // While an election runs (a leader just died or handed over), hold the request for

@@ -77,6 +77,23 @@ impl HttpNetwork {
                 Failure::Unreachable(m) | Failure::Network(m) => m,
             })
     }
+
+    /// Asks voter `target` for its wall clock (Tally's own RPC, with the cluster secret).
+    pub async fn clock(
+        &self,
+        from: NodeId,
+        target: NodeId,
+        node: &TallyNode,
+        timeout: Duration,
+    ) -> Result<rpc::ClockReply, String> {
+        let req = rpc::ClockRequest { from };
+        self.peer(target, node)
+            .call(path::CLOCK, &req, timeout)
+            .await
+            .map_err(|f| match f {
+                Failure::Unreachable(m) | Failure::Network(m) => m,
+            })
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
