@@ -6,10 +6,14 @@ cd "$(dirname "$0")/.."
 
 # strace: the durability tests watch fsync calls. MariaDB: the record-store tests start a
 # throwaway mariadbd (tally-testkit); mariadbd lives in /usr/sbin, often not on PATH.
+# faketime (libfaketime): the clock test and the chaos pass's clock nemesis move one node's
+# wall clock (tally_testkit::faketime).
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 need_pkgs=()
 have strace || need_pkgs+=(strace)
 have python3 || need_pkgs+=(python3)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || [ -n "${TALLY_LIBFAKETIME:-}" ] \
+  || need_pkgs+=(faketime)
 if ! have mariadbd || ! have mariadb-install-db || ! have mariadb; then
   need_pkgs+=(mariadb-server-core mariadb-client-core)
 fi
@@ -32,7 +36,8 @@ cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads "${TALLY_TEST_THREADS:-2}"
 
 # A short mixed-nemesis chaos pass (docs/chaos.md): a real cluster under kills, pauses,
-# partitions and record-store outages; exits non-zero unless the history is valid.
-target/debug/tally-jepsen run --nemesis kill,pause,partition,sink \
+# partitions, record-store outages and clock jumps; exits non-zero unless the history is
+# valid.
+target/debug/tally-jepsen run --nemesis kill,pause,partition,sink,clock \
   --time-limit "${TALLY_CHAOS_SECONDS:-45}" --seed "${TALLY_CHAOS_SEED:-42}" \
   --store-dir target/jepsen-ci

@@ -23,6 +23,8 @@ pub const CLOCK_JUMP_DAYS: i64 = 365;
 /// A clock fault is held at least this long: libfaketime shows a jump within about two
 /// seconds, and the jumped node should then lead for a while.
 const CLOCK_MIN_HOLD: Duration = Duration::from_secs(5);
+/// libfaketime shows a new offset within this long (it rereads its file every second).
+const CLOCK_SHOWS_WITHIN: Duration = Duration::from_millis(2_500);
 /// Dedup probes per clock fault, at most, until one is answered.
 const PROBE_ATTEMPTS: u32 = 3;
 
@@ -271,8 +273,19 @@ impl Nemesis {
             }
             Kind::Clock => {
                 let t = plan.expect("target");
+                // With the kill nemesis too, now and then the node also restarts with its
+                // clock ahead: it must not trust that clock once it leads again.
+                let restart = self.kinds.contains(&Kind::Kill) && rng.gen_bool(0.3);
+                if restart {
+                    fault.description += "; then SIGKILL and restart it, its clock still ahead";
+                }
                 self.record(F::StartFault, OpType::Invoke, &fault);
                 cluster.jump_clock(t, CLOCK_JUMP_DAYS)?;
+                if restart {
+                    tokio::time::sleep(CLOCK_SHOWS_WITHIN).await;
+                    cluster.kill(t)?;
+                    cluster.restart(t)?;
+                }
                 Active::ClockJumped(t)
             }
             Kind::Sink => {
