@@ -358,7 +358,7 @@ fn render_status(s: &NodeStatus) -> String {
             out,
             "clock: ahead of the voters' majority by {} ms (bound {}, tolerance {} ms){}; peers' skew ms: {}",
             signed(c.ahead_ms),
-            c.bound,
+            c.bound.as_str(),
             c.max_skew_ms,
             if c.clamping { ", CLAMPING ingest time" } else { "" },
             peers.join(", ")

@@ -13,7 +13,7 @@
 mod status;
 
 pub use status::{
-    ClockStatus, IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus,
+    ClockBound, ClockStatus, IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus,
     PeerClockStatus, RaftState, RetentionStatus, Role, SinkDetail, SinkStatus, SnapshotFileStatus,
     StateStatus,
 };

@@ -223,10 +223,9 @@ pub struct ClockStatus {
     /// This node's clock minus `majority_ms` (positive: this node is ahead).
     #[serde(default)]
     pub ahead_ms: Option<i64>,
-    /// What bounds a stamp made now: `"majority"`, `"monotonic"` (no fresh majority: the
-    /// last trusted time carried forward by the monotonic clock) or `"none"`.
+    /// What bounds a stamp made now.
     #[serde(default)]
-    pub bound: String,
+    pub bound: ClockBound,
     /// A stamp made now would not be this node's clock: it is more than `max_skew_ms`
     /// off the bound.
     #[serde(default)]
@@ -240,6 +239,29 @@ pub struct ClockStatus {
     /// The other voters, by id.
     #[serde(default)]
     pub peers: Vec<PeerClockStatus>,
+}
+
+/// What bounds the ingest time a node stamps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockBound {
+    /// A majority of voters' clocks (the normal case).
+    Majority,
+    /// No fresh majority: the last trusted time, carried forward by the monotonic clock.
+    Monotonic,
+    /// Nothing known yet (or a node that samples nobody): the local clock as it is.
+    #[default]
+    Local,
+}
+
+impl ClockBound {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClockBound::Majority => "majority",
+            ClockBound::Monotonic => "monotonic",
+            ClockBound::Local => "local",
+        }
+    }
 }
 
 /// One voter's clock as this node estimates it.
@@ -447,7 +469,7 @@ mod tests {
             local_ms: 1_800_000_000_000,
             majority_ms: Some(1_799_999_999_000),
             ahead_ms: Some(1_000),
-            bound: "majority".into(),
+            bound: ClockBound::Majority,
             clamping: false,
             clamped_total: 2,
             last_stamp_ms: Some(1_799_999_998_000),

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
-use tally_protocol::{ClockStatus, PeerClockStatus};
+use tally_protocol::{ClockBound as Bound, ClockStatus, PeerClockStatus};
 
 use crate::network::HttpNetwork;
 use crate::now_ms;
@@ -79,27 +79,6 @@ pub struct StampView {
     pub max_skew_ms: i64,
 }
 
-/// What bounded a stamp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bound {
-    /// A majority of voters' clocks.
-    Majority,
-    /// The last trusted time carried forward on the monotonic clock (no fresh majority).
-    Monotonic,
-    /// Nothing known yet: the local clock as it is.
-    None,
-}
-
-impl Bound {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Bound::Majority => "majority",
-            Bound::Monotonic => "monotonic",
-            Bound::None => "none",
-        }
-    }
-}
-
 /// The ingest time to stamp, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -125,7 +104,7 @@ pub fn decide_stamp(view: &StampView) -> Stamp {
             Bound::Majority,
         ),
         (None, Some(c)) => (view.local_ms.min(c.saturating_add(skew)), Bound::Monotonic),
-        (None, None) => (view.local_ms, Bound::None),
+        (None, None) => (view.local_ms, Bound::Local),
     };
     Stamp {
         at_ms: view.floor_ms.map_or(bounded, |f| bounded.max(f)),
@@ -328,7 +307,7 @@ impl ClockGuard {
             local_ms,
             majority_ms: stamp.majority_ms,
             ahead_ms: stamp.majority_ms.map(|m| local_ms.saturating_sub(m)),
-            bound: stamp.bound.as_str().into(),
+            bound: stamp.bound,
             clamping: stamp.clamped,
             clamped_total: self.clamped_total(),
             last_stamp_ms: inner.last_stamp_ms,
@@ -487,7 +466,7 @@ mod tests {
         let s = decide_stamp(&view(T + YEAR, 3, &[]));
         assert_eq!(
             (s.at_ms, s.clamped, s.bound),
-            (T + YEAR, false, Bound::None)
+            (T + YEAR, false, Bound::Local)
         );
     }
 
@@ -537,7 +516,7 @@ mod tests {
         let status = guard.status();
         assert!(status.clamping);
         assert_eq!(status.clamped_total, 1);
-        assert_eq!(status.bound, "majority");
+        assert_eq!(status.bound, Bound::Majority);
         assert!(status
             .peers
             .iter()
@@ -552,7 +531,7 @@ mod tests {
                 .all(|s| (s - (real - YEAR + SKEW)).abs() < 2_000),
             "{stamps:?}"
         );
-        assert_eq!(guard.status().bound, "monotonic");
+        assert_eq!(guard.status().bound, Bound::Monotonic);
         assert_eq!(guard.clamped_total(), 6);
     }
 

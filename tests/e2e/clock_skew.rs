@@ -88,7 +88,7 @@ async fn a_leader_a_year_ahead_evicts_nothing() {
     };
     assert_eq!(status.node_id, leader);
     assert!(status.is_leader(), "leadership moved: {status:?}");
-    assert_eq!(status.clock.bound, "majority");
+    assert_eq!(status.clock.bound, tally_protocol::ClockBound::Majority);
     assert_eq!(status.clock.max_skew_ms, SKEW_MS as u64);
     let ahead = status.clock.ahead_ms.expect("a majority clock");
     assert!((ahead - YEAR_MS).abs() < 60_000, "{:?}", status.clock);
