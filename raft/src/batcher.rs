@@ -3,8 +3,8 @@
 //! Requests queue in a bounded channel. A single loop takes whatever is queued (up to
 //! [`BatcherConfig::max_events_per_entry`] events or [`BatcherConfig::max_bytes_per_entry`]
 //! bytes), stamps it with the proposer's clock (held near the voters', `crate::clock`), and
-//! proposes it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at once, so
-//! while the log is syncing the next group is already forming. A full queue is refused at
+//! proposes it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at
+//! once, so while the log is syncing the next group is already forming. A full queue is refused at
 //! once ([`IngestError::Overloaded`]) rather than buffered without bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
