@@ -1,14 +1,16 @@
 //! A leader whose wall clock jumps a year ahead (libfaketime on its process only, the
 //! machine's clock untouched): it keeps stamping ingest time near its voters' clocks, so no
 //! minute bucket and no dedup id is evicted; `/v1/cluster` and `/metrics` show the skew and
-//! the clamping; and events a year in the future are refused as they would be anyway.
+//! the clamping; and events a year in the future are refused as they would be anyway. The
+//! clock RPC itself wants the cluster secret and takes only a tiny body.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_testkit::faketime::FakeClock;
 
-use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, ALL_NODES};
+use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, ALL_NODES, SECRET};
+use tally_raft::rpc::{self, ClockReply, ClockRequest};
 
 const YEAR_MS: i64 = 365 * 86_400_000;
 /// `[raft] max_clock_skew_ms` of the test cluster.
@@ -57,6 +59,7 @@ async fn a_leader_a_year_ahead_evicts_nothing() {
         .push(("TALLY_RAFT_MAX_CLOCK_SKEW_MS".into(), SKEW_MS.to_string()));
     let (cluster, leader) = Cluster::start_formed(opts).await;
     let follower = if leader == 1 { 2 } else { 1 };
+    clock_rpc_is_guarded_and_bounded(&cluster).await;
 
     let early = batch("early", 20);
     let r = cluster.post_json(leader, &early).await.unwrap();
@@ -173,4 +176,45 @@ async fn a_leader_a_year_ahead_evicts_nothing() {
     assert_eq!(r.status, 200, "{r:?}");
     cluster.wait_converged().await;
     assert_eq!(minute_count(&cluster, follower).await, 55);
+}
+
+/// `/raft/clock` on every node: refused without the cluster secret, a tiny body cap, a 400
+/// for garbage, and with all that right the node's id and wall clock.
+async fn clock_rpc_is_guarded_and_bounded(cluster: &Cluster) {
+    for node in ALL_NODES {
+        let url = format!("{}{}", cluster.url(node), rpc::path::CLOCK);
+        let body = rpc::encode(&ClockRequest { from: 9 }).unwrap();
+        let post = |body: Vec<u8>, secret: Option<&str>| {
+            let mut req = cluster.http.post(&url).body(body);
+            if let Some(s) = secret {
+                req = req.header(rpc::SECRET_HEADER, s);
+            }
+            req.send()
+        };
+        let r = post(body.clone(), None).await.unwrap();
+        assert_eq!(
+            r.status(),
+            401,
+            "node {node}: /raft/clock without the secret"
+        );
+        let r = post(body.clone(), Some("wrong")).await.unwrap();
+        assert_eq!(
+            r.status(),
+            401,
+            "node {node}: /raft/clock with a wrong secret"
+        );
+        let r = post(vec![0u8; 2048], Some(SECRET)).await.unwrap();
+        assert_eq!(r.status(), 413, "node {node}: a 2 KiB /raft/clock body");
+        let r = post(vec![0xFF; 12], Some(SECRET)).await.unwrap();
+        assert_eq!(
+            r.status(),
+            400,
+            "node {node}: a /raft/clock body that is not bincode"
+        );
+        let r = post(body, Some(SECRET)).await.unwrap();
+        assert_eq!(r.status(), 200, "node {node}: /raft/clock");
+        let reply: ClockReply = rpc::decode(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(reply.node_id, node);
+        assert!((reply.now_ms - now_ms()).abs() < 60_000, "{reply:?}");
+    }
 }
