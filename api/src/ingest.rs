@@ -21,6 +21,24 @@ use crate::params;
 const MAX_INGEST_HOPS: usize = 2;
 use crate::{read_body, AppState};
 
+/// Bodies up to this size are parsed on the async worker; larger ones (up to
+/// `ingest.max_body_bytes`, tens of milliseconds of parsing) on a blocking thread, so that
+/// Raft heartbeats and other requests on the same worker never wait behind them.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
+async fn parse_events(
+    bytes: bytes::Bytes,
+    format: tally_analytics::BodyFormat,
+) -> Result<Vec<tally_analytics::Event>, ApiError> {
+    let now = now_ms();
+    if bytes.len() <= INLINE_PARSE_BYTES {
+        return params::events(&bytes, format, now);
+    }
+    tokio::task::spawn_blocking(move || params::events(&bytes, format, now))
+        .await
+        .map_err(|e| ApiError::internal(format!("parsing the batch failed: {e}")))?
+}
+
 pub async fn post_events(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -46,7 +64,7 @@ async fn handle(
     let format = params::body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
     // and changes nothing anywhere.
-    let events = params::events(&bytes, format, now_ms())?;
+    let events = parse_events(bytes.clone(), format).await?;
     params::events_within_tenant(&events, caller.tenant())?;
 
     // While an election runs (a leader just died or handed over), hold the request for
