@@ -12,8 +12,14 @@ use tally_protocol::NodeStatus;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The status lists the snapshot files, which reads the data directory: on a blocking
+/// thread, so a slow disk does not hold an async worker (and the Raft RPC it serves).
 pub async fn get_cluster(State(app): State<AppState>) -> Response {
-    axum::Json(app.node.status()).into_response()
+    let node = app.node.clone();
+    match tokio::task::spawn_blocking(move || node.status()).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(e) => ApiError::internal(format!("gathering the status failed: {e}")).into_response(),
+    }
 }
 
 pub async fn post_init(State(app): State<AppState>) -> Response {
