@@ -92,6 +92,7 @@ pub struct RaftSection {
     pub snapshot_threshold: Option<u64>,
     pub log_keep_behind_snapshot: Option<u64>,
     pub witness_max_log_entries: Option<u64>,
+    pub snapshot_chunk_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +160,9 @@ pub struct ServeArgs {
     /// Log entries a witness keeps beyond what every data node holds in a snapshot.
     #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_ENTRIES")]
     pub witness_max_log_entries: Option<u64>,
+    /// Bytes of snapshot per request when this node sends one (4 KiB to 64 MiB).
+    #[arg(long, env = "TALLY_RAFT_SNAPSHOT_CHUNK_BYTES")]
+    pub snapshot_chunk_bytes: Option<usize>,
     /// Largest POST /v1/events body in bytes (1024 to 64 MiB).
     #[arg(long, env = "TALLY_INGEST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -351,6 +355,14 @@ impl ServeArgs {
             }
             sql.max_rows = n;
         }
+        let snapshot_chunk_bytes = self
+            .snapshot_chunk_bytes
+            .or(file.raft.snapshot_chunk_bytes)
+            .unwrap_or(tally_raft::snapshot_transfer::CHUNK_BYTES);
+        let max_chunk = tally_raft::snapshot_transfer::MAX_CHUNK_BYTES;
+        if !(4096..=max_chunk).contains(&snapshot_chunk_bytes) {
+            bail!("raft.snapshot_chunk_bytes must be between 4096 and {max_chunk} (64 MiB), got {snapshot_chunk_bytes}");
+        }
         let record_store = self.record_store.or(file.record_store);
         if role == Role::Data && record_store.is_none() {
             tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
@@ -392,6 +404,7 @@ impl ServeArgs {
                 record_store,
                 sink,
                 source_ip,
+                snapshot_chunk_bytes,
                 witness_max_log_entries: self
                     .witness_max_log_entries
                     .or(file.raft.witness_max_log_entries)

@@ -116,6 +116,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 record_store: Some(records.clone()),
                 sink: SinkConfig::default(),
                 source_ip: None,
+                snapshot_chunk_bytes: tally_raft::snapshot_transfer::CHUNK_BYTES,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
             },
         };

@@ -128,6 +128,10 @@ pub fn router(state: AppState) -> Router {
         .route(tally_raft::rpc::path::PRE_VOTE, post(raft_rpc::pre_vote))
         .route(tally_raft::rpc::path::SNAPSHOT, post(raft_rpc::snapshot))
         .route(
+            tally_raft::rpc::path::SNAPSHOT_CHUNK,
+            post(raft_rpc::snapshot_chunk),
+        )
+        .route(
             tally_raft::rpc::path::TRANSFER_LEADER,
             post(raft_rpc::transfer_leader),
         )

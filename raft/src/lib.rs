@@ -37,6 +37,7 @@ pub mod plant;
 pub mod retention;
 pub mod rpc;
 pub mod sink;
+pub mod snapshot_transfer;
 pub mod state_machine;
 pub mod status;
 pub mod tasks;

@@ -95,6 +95,8 @@ pub struct Node {
     pub state: SharedState,
     pub log: LogStore<TypeConfig>,
     pub snapshots: Arc<SnapshotFiles>,
+    /// A snapshot being received in chunks (`/raft/snapshot-chunk`).
+    pub incoming_snapshot: Arc<crate::snapshot_transfer::Incoming>,
     pub ingest: IngestQueue,
     recovered: Arc<AtomicBool>,
     /// The record store, once connected (data nodes with `record_store` only).
@@ -123,7 +125,8 @@ impl Node {
 
         let config = raft_config(&options)?;
         let network = HttpNetwork::new(options.secret.clone(), options.source_ip)
-            .map_err(NodeError::HttpClient)?;
+            .map_err(NodeError::HttpClient)?
+            .with_snapshot_chunk_bytes(options.snapshot_chunk_bytes);
         let raft = Raft::new(
             options.id,
             Arc::new(config),
@@ -188,6 +191,7 @@ impl Node {
             state,
             log,
             snapshots,
+            incoming_snapshot: Arc::new(crate::snapshot_transfer::Incoming::new(&raft_dir)),
             ingest,
             recovered,
             records,
@@ -606,6 +610,7 @@ mod tests {
             sink: SinkConfig::default(),
             source_ip: None,
             witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,
+            snapshot_chunk_bytes: crate::snapshot_transfer::CHUNK_BYTES,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct NodeOptions {
     /// purges anyway (a data node down that long must then be rebuilt from the other data
     /// node's snapshot).
     pub witness_max_log_entries: u64,
+    /// Bytes of snapshot per `/raft/snapshot-chunk` request this node sends.
+    pub snapshot_chunk_bytes: usize,
 }
 
 /// Default of [`NodeOptions::witness_max_log_entries`].
