@@ -61,7 +61,7 @@ pub enum ChunkReply {
 pub fn chunk_ranges(total: usize, chunk: usize) -> Vec<Range<usize>> {
     let chunk = chunk.max(1);
     if total == 0 {
-        return vec![0..0];
+        return std::iter::once(0..0).collect();
     }
     (0..total)
         .step_by(chunk)
