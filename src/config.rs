@@ -92,6 +92,7 @@ pub struct RaftSection {
     pub snapshot_threshold: Option<u64>,
     pub log_keep_behind_snapshot: Option<u64>,
     pub witness_max_log_entries: Option<u64>,
+    pub witness_max_log_bytes: Option<u64>,
     pub snapshot_chunk_bytes: Option<usize>,
 }
 
@@ -160,6 +161,10 @@ pub struct ServeArgs {
     /// Log entries a witness keeps beyond what every data node holds in a snapshot.
     #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_ENTRIES")]
     pub witness_max_log_entries: Option<u64>,
+    /// Bytes of log entries a witness keeps beyond what every data node holds in a
+    /// snapshot (at least 1 MiB); whichever bound is reached first applies.
+    #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_BYTES")]
+    pub witness_max_log_bytes: Option<u64>,
     /// Bytes of snapshot per request when this node sends one (4 KiB to 64 MiB).
     #[arg(long, env = "TALLY_RAFT_SNAPSHOT_CHUNK_BYTES")]
     pub snapshot_chunk_bytes: Option<usize>,
@@ -363,6 +368,13 @@ impl ServeArgs {
         if !(4096..=max_chunk).contains(&snapshot_chunk_bytes) {
             bail!("raft.snapshot_chunk_bytes must be between 4096 and {max_chunk} (64 MiB), got {snapshot_chunk_bytes}");
         }
+        let witness_max_log_bytes = self
+            .witness_max_log_bytes
+            .or(file.raft.witness_max_log_bytes)
+            .unwrap_or(tally_raft::options::DEFAULT_WITNESS_MAX_LOG_BYTES);
+        if witness_max_log_bytes < 1 << 20 {
+            bail!("raft.witness_max_log_bytes must be at least 1048576 (1 MiB), got {witness_max_log_bytes}");
+        }
         let record_store = self.record_store.or(file.record_store);
         if role == Role::Data && record_store.is_none() {
             tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
@@ -405,6 +417,7 @@ impl ServeArgs {
                 sink,
                 source_ip,
                 snapshot_chunk_bytes,
+                witness_max_log_bytes,
                 witness_max_log_entries: self
                     .witness_max_log_entries
                     .or(file.raft.witness_max_log_entries)

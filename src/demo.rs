@@ -118,6 +118,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 source_ip: None,
                 snapshot_chunk_bytes: tally_raft::snapshot_transfer::CHUNK_BYTES,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
+                witness_max_log_bytes: tally_raft::options::DEFAULT_WITNESS_MAX_LOG_BYTES,
             },
         };
         let node = RunningNode::start(cfg).await.with_context(|| {

@@ -138,6 +138,12 @@ fn render_metrics(s: &NodeStatus) -> String {
             s.log.entries,
         ),
         (
+            "tally_log_bytes",
+            "Bytes of the entries held in the local Raft log.",
+            "gauge",
+            s.log.bytes,
+        ),
+        (
             "tally_log_first_index",
             "First index held in the local Raft log.",
             "gauge",

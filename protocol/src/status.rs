@@ -157,6 +157,9 @@ pub struct LogStatus {
     pub fsyncs: u64,
     /// Highest index known durable on disk.
     pub synced_index: Option<u64>,
+    /// Bytes of the stored entries (absent from nodes before it was counted).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// One snapshot file on disk.
@@ -175,6 +178,9 @@ pub struct RetentionStatus {
     pub snapshot_floor: u64,
     /// Past this many entries the witness purges beyond the floor.
     pub witness_max_log_entries: u64,
+    /// Likewise past this many bytes of entries (absent from nodes before the byte bound).
+    #[serde(default)]
+    pub witness_max_log_bytes: u64,
 }
 
 /// The analytic state held in memory (zero on a witness).
@@ -362,6 +368,7 @@ mod tests {
             entries: 7,
             fsyncs: 11,
             synced_index: Some(10),
+            bytes: 700,
         };
         status.snapshots = vec![SnapshotFileStatus {
             index: 8,
@@ -371,6 +378,7 @@ mod tests {
         status.retention = RetentionStatus {
             snapshot_floor: 8,
             witness_max_log_entries: 1_000_000,
+            witness_max_log_bytes: 4_294_967_296,
         };
         status.state = StateStatus {
             buckets_minute: 1,
@@ -392,9 +400,10 @@ mod tests {
             "members": [{"id": 1, "addr": "127.0.0.1:7101", "role": "data", "voter": true,
                 "matched_index": 10}],
             "log": {"first_index": 4, "last_index": 10, "entries": 7, "fsyncs": 11,
-                "synced_index": 10},
+                "synced_index": 10, "bytes": 700},
             "snapshots": [{"index": 8, "id": "1-8", "bytes": 512}],
-            "retention": {"snapshot_floor": 8, "witness_max_log_entries": 1_000_000},
+            "retention": {"snapshot_floor": 8, "witness_max_log_entries": 1_000_000,
+                "witness_max_log_bytes": 4_294_967_296u64},
             "state": {"buckets_minute": 1, "buckets_hour": 2, "buckets_day": 3,
                 "dedup_ids": 4, "events_applied": 5},
             "ingest": {"requests": 1, "events": 2, "entries": 3, "rejected_overload": 4},

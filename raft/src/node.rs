@@ -180,7 +180,11 @@ impl Node {
                 tasks.spawn(witness::witness_purge(
                     raft.clone(),
                     state.clone(),
-                    options.witness_max_log_entries,
+                    log.clone(),
+                    witness::WitnessLogBound {
+                        max_entries: options.witness_max_log_entries,
+                        max_bytes: options.witness_max_log_bytes,
+                    },
                 ));
             }
         }
@@ -610,6 +614,7 @@ mod tests {
             sink: SinkConfig::default(),
             source_ip: None,
             witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,
+            witness_max_log_bytes: crate::options::DEFAULT_WITNESS_MAX_LOG_BYTES,
             snapshot_chunk_bytes: crate::snapshot_transfer::CHUNK_BYTES,
         }
     }

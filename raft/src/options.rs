@@ -33,12 +33,17 @@ pub struct NodeOptions {
     /// purges anyway (a data node down that long must then be rebuilt from the other data
     /// node's snapshot).
     pub witness_max_log_entries: u64,
+    /// Likewise in bytes of stored entries: whichever bound is reached first applies.
+    pub witness_max_log_bytes: u64,
     /// Bytes of snapshot per `/raft/snapshot-chunk` request this node sends.
     pub snapshot_chunk_bytes: usize,
 }
 
 /// Default of [`NodeOptions::witness_max_log_entries`].
 pub const DEFAULT_WITNESS_MAX_LOG_ENTRIES: u64 = 1_000_000;
+
+/// Default of [`NodeOptions::witness_max_log_bytes`]: 4 GiB of entries.
+pub const DEFAULT_WITNESS_MAX_LOG_BYTES: u64 = 4 << 30;
 
 /// Raft timers, in milliseconds.
 #[derive(Clone, Debug)]

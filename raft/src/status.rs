@@ -134,11 +134,13 @@ impl Node {
                 entries: log.entries,
                 fsyncs: sync.fsyncs,
                 synced_index: sync.synced_last_index,
+                bytes: log.bytes,
             },
             snapshots,
             retention: RetentionStatus {
                 snapshot_floor,
                 witness_max_log_entries: self.options.witness_max_log_entries,
+                witness_max_log_bytes: self.options.witness_max_log_bytes,
             },
             state: StateStatus {
                 buckets_minute: stats.buckets_minute as u64,
