@@ -4,17 +4,24 @@
 //!
 //! `fixtures/entries-v1.bin` is a bincode `Vec<Entry>` (the codec of the log store and of
 //! Raft RPC) written by the build before key caps: one entry of every payload kind and of
-//! every `Request` variant that build had. Regenerate only when adding a new fixture
-//! version, never over an old one: `cargo test -p tally-raft --test formats -- --ignored`.
+//! every `Request` variant that build had. `fixtures/entries-v2.bin` adds the variant of
+//! the key cap (`IngestCapped`). Write a new fixture only for a new version, never over an
+//! old one: `cargo test -p tally-raft --test formats -- --ignored` writes the newest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use openraft::testing::log_id;
 use openraft::{EntryPayload, Membership};
-use tally_analytics::{Event, IngestBatch, Kind};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use tally_analytics::{Event, IngestBatch, KeyCaps, Kind};
+use tally_raft::state_machine::StateMachine;
 use tally_raft::types::Entry;
+use tally_raft::Role;
 use tally_raft::{rpc, Request, TallyNode, TypeConfig};
+use tally_storage::SnapshotFiles;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -84,13 +91,40 @@ fn v1_entries() -> Vec<Entry> {
     ]
 }
 
-/// Writes `fixtures/entries-v1.bin` with the build before key caps. Kept (ignored) so the
-/// way the fixture was made stays readable.
+/// The v1 entries and one entry of the variant the key cap added.
+fn v2_entries() -> Vec<Entry> {
+    let mut entries = v1_entries();
+    entries.push(Entry {
+        log_id: log_id::<TypeConfig>(2, 2, 6),
+        payload: EntryPayload::Normal(Request::IngestCapped {
+            caps: KeyCaps {
+                max_keys_per_tenant_bucket: 1,
+                max_tenants_per_bucket: 7,
+            },
+            batch: IngestBatch {
+                ingest_ms: 1_714_564_802_000,
+                requests: vec![v1_batch().requests[0]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| Event {
+                        event_id: format!("f-{i}"),
+                        resource: Some(format!("/new/{i}")),
+                        ..e.clone()
+                    })
+                    .collect()],
+            },
+        }),
+    });
+    entries
+}
+
+/// Wrote `fixtures/entries-v1.bin` with the build before key caps, and now writes
+/// `fixtures/entries-v2.bin`. Kept (ignored) so the way fixtures are made stays readable.
 #[test]
 #[ignore = "writes the committed fixture; run only to create a new fixture version"]
-fn write_entries_v1_fixture() {
-    let bytes = rpc::encode(&v1_entries()).unwrap();
-    std::fs::write(fixture("entries-v1.bin"), bytes).unwrap();
+fn write_entries_v2_fixture() {
+    let bytes = rpc::encode(&v2_entries()).unwrap();
+    std::fs::write(fixture("entries-v2.bin"), bytes).unwrap();
 }
 
 #[test]
@@ -102,4 +136,57 @@ fn entries_v1_fixture_decodes_to_what_was_written() {
         &entries[2].payload,
         EntryPayload::Normal(Request::Ingest(batch)) if batch.requests.len() == 2
     ));
+}
+
+#[test]
+fn entries_v2_fixture_decodes_and_the_current_format_roundtrips() {
+    let bytes = std::fs::read(fixture("entries-v2.bin")).unwrap();
+    let entries: Vec<Entry> = rpc::decode(&bytes).unwrap();
+    assert_eq!(entries, v2_entries());
+    assert_eq!(rpc::encode(&v2_entries()).unwrap(), bytes);
+    // The old fixture is a prefix of the new one's entries: nothing old changed shape.
+    let v1 = rpc::encode(&v1_entries()).unwrap();
+    assert_eq!(v1[1..], bytes[1..v1.len()]);
+}
+
+/// Entries of both versions applied by this build: the v1 ingest entry unlimited (as the
+/// old build applied it), the capped one with the caps it carries, whatever this node's own
+/// configuration says.
+#[tokio::test]
+async fn old_and_new_ingest_entries_apply_with_their_own_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = SnapshotFiles::open(dir.path(), 3).unwrap();
+    let mut sm = StateMachine::open(Role::Data, Arc::new(files)).unwrap();
+    let entries = v2_entries();
+    let (old, _) = entries[2].payload_request().ingest().unwrap();
+    assert_eq!(old.requests.len(), 2);
+    assert_eq!(
+        entries[2].payload_request().ingest().unwrap().1,
+        KeyCaps::UNLIMITED
+    );
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream).await.unwrap();
+    let shared = sm.shared();
+    let applied = shared.read();
+    assert_eq!(applied.applied_index(), 6);
+    let stats = applied.state.stats();
+    // v1: e-1, e-2, e-3 under three keys of their own. v2: two new keys of a tenant that
+    // already holds three, cap 1: both fold into the tenant's overflow key.
+    assert_eq!(stats.events_applied, 5);
+    assert_eq!(stats.buckets_minute, 4);
+    assert_eq!(stats.overflow_events.minute, 2);
+    assert_eq!(stats.overflow_keys_minute, 1);
+}
+
+trait PayloadRequest {
+    fn payload_request(&self) -> &Request;
+}
+
+impl PayloadRequest for Entry {
+    fn payload_request(&self) -> &Request {
+        match &self.payload {
+            EntryPayload::Normal(request) => request,
+            other => panic!("not a normal entry: {other:?}"),
+        }
+    }
 }
