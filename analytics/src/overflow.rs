@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 pub const OTHER: &str = "__other__";
 
 /// Default of [`KeyCaps::max_keys_per_tenant_bucket`].
-pub const DEFAULT_MAX_KEYS_PER_TENANT_BUCKET: u32 = 100;
+pub const DEFAULT_MAX_KEYS_PER_TENANT_BUCKET: u32 = 200;
 /// Default of [`KeyCaps::max_tenants_per_bucket`].
 pub const DEFAULT_MAX_TENANTS_PER_BUCKET: u32 = 10;
 
