@@ -12,6 +12,7 @@ mod common;
 mod bad_input;
 mod durability;
 mod ingest_replicated;
+mod key_overflow;
 mod leader_kill;
 mod leader_stall;
 mod membership;

@@ -109,6 +109,10 @@ pub struct ClusterOpts {
     pub sql_timeout_ms: Option<u64>,
     /// `[sql] max_rows`.
     pub sql_max_rows: Option<usize>,
+    /// `[analytics] max_keys_per_tenant_bucket`.
+    pub max_keys_per_tenant_bucket: Option<u64>,
+    /// `[analytics] max_tenants_per_bucket`.
+    pub max_tenants_per_bucket: Option<u64>,
 }
 
 impl ClusterOpts {
@@ -146,6 +150,16 @@ impl ClusterOpts {
             ),
             ("sql", "timeout_ms", self.sql_timeout_ms),
             ("sql", "max_rows", self.sql_max_rows.map(|n| n as u64)),
+            (
+                "analytics",
+                "max_keys_per_tenant_bucket",
+                self.max_keys_per_tenant_bucket,
+            ),
+            (
+                "analytics",
+                "max_tenants_per_bucket",
+                self.max_tenants_per_bucket,
+            ),
         ];
         for (table, key, value) in keys {
             if let Some(v) = value {
@@ -371,6 +385,11 @@ impl Cluster {
 
     pub fn data_dir(&self, id: u64) -> &Path {
         self.harness.data_dir(id)
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.harness.pid(id)
     }
 
     pub fn is_running(&self, id: u64) -> bool {
