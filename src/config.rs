@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub sql: SqlSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub analytics: AnalyticsSection,
 }
 
 /// `[auth]`: who may use the public API (docs/security.md).
@@ -59,6 +61,16 @@ pub struct TokenEntry {
     pub roles: Vec<String>,
     pub tenant: Option<String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsSection {
+    pub max_keys_per_tenant_bucket: Option<u32>,
+    pub max_tenants_per_bucket: Option<u32>,
+}
+
+/// Largest value of either key cap: beyond it the cap no longer bounds memory usefully.
+pub const MAX_KEY_CAP: u32 = 100_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +210,14 @@ pub struct ServeArgs {
     /// Serve requests without a token with every role (true/false).
     #[arg(long, env = "TALLY_AUTH_ALLOW_ANONYMOUS")]
     pub allow_anonymous: Option<bool>,
+    /// Distinct keys a tenant may hold in one aggregate bucket; further keys fold into
+    /// the tenant's "__other__" key. Stamped into the entries this node proposes as leader.
+    #[arg(long, env = "TALLY_ANALYTICS_MAX_KEYS_PER_TENANT_BUCKET")]
+    pub analytics_max_keys_per_tenant_bucket: Option<u32>,
+    /// Distinct tenants one aggregate bucket may hold; further tenants fold into the
+    /// all-"__other__" key. Stamped into the entries this node proposes as leader.
+    #[arg(long, env = "TALLY_ANALYTICS_MAX_TENANTS_PER_BUCKET")]
+    pub analytics_max_tenants_per_bucket: Option<u32>,
 }
 
 /// A node's effective configuration.
@@ -316,6 +336,30 @@ impl ServeArgs {
                 bail!("ingest.queue_requests must be at least 1");
             }
             batcher.queue_requests = q;
+        }
+        for (name, value, slot) in [
+            (
+                "analytics.max_keys_per_tenant_bucket",
+                self.analytics_max_keys_per_tenant_bucket
+                    .or(file.analytics.max_keys_per_tenant_bucket),
+                &mut batcher.key_caps.max_keys_per_tenant_bucket,
+            ),
+            (
+                "analytics.max_tenants_per_bucket",
+                self.analytics_max_tenants_per_bucket
+                    .or(file.analytics.max_tenants_per_bucket),
+                &mut batcher.key_caps.max_tenants_per_bucket,
+            ),
+        ] {
+            if let Some(n) = value {
+                if !(1..=MAX_KEY_CAP).contains(&n) {
+                    bail!(
+                        "{name} must be between 1 and {MAX_KEY_CAP}: it bounds the distinct \
+                         keys held in memory per aggregate bucket (got {n})"
+                    );
+                }
+                *slot = n;
+            }
         }
         let max_body_bytes = self
             .max_body_bytes
@@ -649,6 +693,53 @@ witnesses = [3]
             let err = with(bad).unwrap_err().to_string();
             assert!(
                 err.contains("ingest.max_body_bytes must be between"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_caps_come_from_file_or_flags_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let defaults = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            defaults.node.batcher.key_caps,
+            tally_analytics::KeyCaps::default()
+        );
+
+        std::fs::write(
+            &path,
+            format!(
+                "{DOCUMENTED_EXAMPLE}\n[analytics]\nmax_keys_per_tenant_bucket = 7\nmax_tenants_per_bucket = 3\n"
+            ),
+        )
+        .unwrap();
+        let resolve = |keys: Option<u32>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                analytics_max_keys_per_tenant_bucket: keys,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let caps = resolve(None).unwrap().node.batcher.key_caps;
+        assert_eq!(
+            (caps.max_keys_per_tenant_bucket, caps.max_tenants_per_bucket),
+            (7, 3)
+        );
+        let caps = resolve(Some(50)).unwrap().node.batcher.key_caps;
+        assert_eq!(caps.max_keys_per_tenant_bucket, 50, "the flag wins");
+        for bad in [0, MAX_KEY_CAP + 1] {
+            let err = resolve(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("analytics.max_keys_per_tenant_bucket must be between 1 and"),
                 "{bad}: {err}"
             );
         }

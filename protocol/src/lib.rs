@@ -13,6 +13,6 @@
 mod status;
 
 pub use status::{
-    IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus, RaftState,
+    IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus, OverflowStatus, RaftState,
     RetentionStatus, Role, SinkDetail, SinkStatus, SnapshotFileStatus, StateStatus,
 };

@@ -192,6 +192,27 @@ pub struct StateStatus {
     pub dedup_ids: u64,
     /// Distinct events counted since the state began.
     pub events_applied: u64,
+    /// The distinct-key cap. Defaults to zeros: a node of the previous version had none.
+    #[serde(default)]
+    pub overflow: OverflowStatus,
+}
+
+/// The distinct-key cap: what folded into `"__other__"` overflow keys, and the caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverflowStatus {
+    /// Events folded into an overflow key since the state began, per granularity
+    /// (replicated: equal on every data node at the same applied index).
+    pub events_minute: u64,
+    pub events_hour: u64,
+    pub events_day: u64,
+    /// Rows held in memory whose key is an overflow key, per granularity.
+    pub keys_minute: u64,
+    pub keys_hour: u64,
+    pub keys_day: u64,
+    /// The caps this node stamps into the entries it proposes while it leads (entries
+    /// apply with the caps they carry, whoever proposed them).
+    pub max_keys_per_tenant_bucket: u64,
+    pub max_tenants_per_bucket: u64,
 }
 
 /// Ingest proposed by this node while it led.
@@ -386,6 +407,16 @@ mod tests {
             buckets_day: 3,
             dedup_ids: 4,
             events_applied: 5,
+            overflow: OverflowStatus {
+                events_minute: 6,
+                events_hour: 7,
+                events_day: 8,
+                keys_minute: 1,
+                keys_hour: 2,
+                keys_day: 3,
+                max_keys_per_tenant_bucket: 200,
+                max_tenants_per_bucket: 10,
+            },
         };
         status.ingest = IngestStatus {
             requests: 1,
@@ -405,7 +436,10 @@ mod tests {
             "retention": {"snapshot_floor": 8, "witness_max_log_entries": 1_000_000,
                 "witness_max_log_bytes": 4_294_967_296u64},
             "state": {"buckets_minute": 1, "buckets_hour": 2, "buckets_day": 3,
-                "dedup_ids": 4, "events_applied": 5},
+                "dedup_ids": 4, "events_applied": 5,
+                "overflow": {"events_minute": 6, "events_hour": 7, "events_day": 8,
+                    "keys_minute": 1, "keys_hour": 2, "keys_day": 3,
+                    "max_keys_per_tenant_bucket": 200, "max_tenants_per_bucket": 10}},
             "ingest": {"requests": 1, "events": 2, "entries": 3, "rejected_overload": 4},
             "sink": {"enabled": true, "replicated_cursor": 4, "pending_events": 5,
                 "oldest_pending_index": 6, "dropped_events": 7, "active": true,
@@ -417,6 +451,16 @@ mod tests {
         assert_eq!(serde_json::to_value(&status).unwrap(), expected);
         let back: NodeStatus = serde_json::from_value(expected).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn the_previous_versions_state_without_overflow_still_parses() {
+        let mut json = serde_json::to_value(sample(SinkStatus::default())).unwrap();
+        json["state"] = serde_json::json!({"buckets_minute": 1, "buckets_hour": 2,
+            "buckets_day": 3, "dedup_ids": 4, "events_applied": 5});
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.state.overflow, OverflowStatus::default());
+        assert_eq!(back.state.events_applied, 5);
     }
 
     #[test]

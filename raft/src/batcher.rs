@@ -2,7 +2,7 @@
 //!
 //! Requests queue in a bounded channel. A single loop takes whatever is queued (up to
 //! [`BatcherConfig::max_events_per_entry`] events or [`BatcherConfig::max_bytes_per_entry`]
-//! bytes), stamps it with the proposer's clock, and proposes
+//! bytes), stamps it with the proposer's clock and key caps, and proposes
 //! it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at once, so
 //! while the log is syncing the next group is already forming. A full queue is refused at
 //! once ([`IngestError::Overloaded`]) rather than buffered without bound.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, RaftError};
-use tally_analytics::{Event, IngestBatch};
+use tally_analytics::{Event, IngestBatch, KeyCaps};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
@@ -35,6 +35,9 @@ pub struct BatcherConfig {
     pub max_inflight: usize,
     /// How long a proposal may take before the request is answered with an unknown outcome.
     pub commit_timeout: Duration,
+    /// The key caps stamped into every entry this node proposes (every replica applies an
+    /// entry with the caps it carries).
+    pub key_caps: KeyCaps,
 }
 
 impl Default for BatcherConfig {
@@ -45,6 +48,7 @@ impl Default for BatcherConfig {
             max_bytes_per_entry: 4 << 20,
             max_inflight: 4,
             commit_timeout: Duration::from_secs(10),
+            key_caps: KeyCaps::default(),
         }
     }
 }
@@ -226,8 +230,9 @@ async fn run(
         stats.events.fetch_add(events as u64, Ordering::Relaxed);
         let raft = raft.clone();
         let timeout = config.commit_timeout;
+        let caps = config.key_caps;
         commits.spawn(async move {
-            commit(raft, jobs, timeout).await;
+            commit(raft, jobs, caps, timeout).await;
             drop(permit);
         });
     }
@@ -241,7 +246,7 @@ async fn run(
     while commits.join_next().await.is_some() {}
 }
 
-async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
+async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration) {
     let mut requests = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -259,12 +264,15 @@ async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration) {
             }));
         }
     }
-    // The ingest time is stamped here, by the proposer, so that every replica applies the
-    // same bytes: apply itself never reads a clock.
-    let entry = Request::Ingest(IngestBatch {
-        ingest_ms: now_ms(),
-        requests,
-    });
+    // The ingest time and the key caps are stamped here, by the proposer, so that every
+    // replica applies the same bytes: apply itself never reads a clock or its own config.
+    let entry = Request::IngestCapped {
+        caps,
+        batch: IngestBatch {
+            ingest_ms: now_ms(),
+            requests,
+        },
+    };
     let err = match tokio::time::timeout(timeout, raft.client_write(entry)).await {
         Err(_) => IngestError::Unknown(format!("not committed within {} ms", timeout.as_millis())),
         Ok(Ok(resp)) if !resp.data.applied_analytics => IngestError::WitnessLeader,

@@ -14,6 +14,7 @@ mod bad_input;
 mod durability;
 mod fatal_storage;
 mod ingest_replicated;
+mod key_overflow;
 mod leader_kill;
 mod leader_stall;
 mod membership;

@@ -11,7 +11,8 @@
 //! Invariants:
 //!
 //! 1. **Exactly once.** `events` holds each event id once, and `usage_*` equal a `GROUP BY`
-//!    over `events`, after any sequence of crashes, retries and competing sinks: a write
+//!    over `events` (each event under the key the state counted it under: its own, or an
+//!    `__other__` overflow key), after any sequence of crashes, retries and competing sinks: a write
 //!    locks `sink_state`, refuses to run from a stale cursor, counts only rows it inserts,
 //!    and commits rows, usage and cursor together.
 //! 2. **Same numbers as memory.** Usage deltas come from `tally_analytics::Measures::add`, the

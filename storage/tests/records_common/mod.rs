@@ -109,7 +109,10 @@ pub fn batch(expected: u64, new: u64, index: u64, events: &[Event]) -> WriteBatc
     WriteBatch {
         expected_cursor: expected,
         new_cursor: new,
-        ingest: events.iter().map(|e| (index, T0 + 99, e)).collect(),
+        ingest: events
+            .iter()
+            .map(|e| (index, T0 + 99, e, tally_analytics::Folds::default()))
+            .collect(),
     }
 }
 

@@ -114,6 +114,10 @@ pub struct ClusterOpts {
     /// A token the test's own HTTP client and the harness's reads present (for clusters
     /// with `[auth]` tokens).
     pub token: Option<String>,
+    /// `[analytics] max_keys_per_tenant_bucket`.
+    pub max_keys_per_tenant_bucket: Option<u64>,
+    /// `[analytics] max_tenants_per_bucket`.
+    pub max_tenants_per_bucket: Option<u64>,
 }
 
 impl ClusterOpts {
@@ -153,6 +157,16 @@ impl ClusterOpts {
             ),
             ("sql", "timeout_ms", self.sql_timeout_ms),
             ("sql", "max_rows", self.sql_max_rows.map(|n| n as u64)),
+            (
+                "analytics",
+                "max_keys_per_tenant_bucket",
+                self.max_keys_per_tenant_bucket,
+            ),
+            (
+                "analytics",
+                "max_tenants_per_bucket",
+                self.max_tenants_per_bucket,
+            ),
         ];
         for (table, key, value) in keys {
             if let Some(v) = value {
