@@ -109,6 +109,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 log_keep_behind_snapshot: DEFAULT_LOG_KEEP,
                 batcher: BatcherConfig::default(),
                 record_store: Some(records.clone()),
+                record_reads: Default::default(),
                 sink: SinkConfig::default(),
                 source_ip: None,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
