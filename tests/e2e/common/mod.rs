@@ -109,6 +109,13 @@ pub struct ClusterOpts {
     pub sql_timeout_ms: Option<u64>,
     /// `[sql] max_rows`.
     pub sql_max_rows: Option<usize>,
+    /// `[sql] max_result_bytes`.
+    pub sql_max_result_bytes: Option<usize>,
+    /// `[sql] max_concurrent`.
+    pub sql_max_concurrent: Option<usize>,
+    /// `record_store_read`, given to every node as `TALLY_RECORD_STORE_READ` (the witness,
+    /// which has no record store, ignores it).
+    pub record_store_read: Option<String>,
 }
 
 impl ClusterOpts {
@@ -146,7 +153,21 @@ impl ClusterOpts {
             ),
             ("sql", "timeout_ms", self.sql_timeout_ms),
             ("sql", "max_rows", self.sql_max_rows.map(|n| n as u64)),
+            (
+                "sql",
+                "max_result_bytes",
+                self.sql_max_result_bytes.map(|n| n as u64),
+            ),
+            (
+                "sql",
+                "max_concurrent",
+                self.sql_max_concurrent.map(|n| n as u64),
+            ),
         ];
+        if let Some(url) = &self.record_store_read {
+            spec.env
+                .push(("TALLY_RECORD_STORE_READ".into(), url.clone()));
+        }
         for (table, key, value) in keys {
             if let Some(v) = value {
                 spec = spec.set(table, key, v);
@@ -375,6 +396,11 @@ impl Cluster {
 
     pub fn is_running(&self, id: u64) -> bool {
         self.harness.is_running(id)
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.harness.pid(id)
     }
 
     pub fn live_data_nodes(&self) -> Vec<u64> {
