@@ -15,6 +15,7 @@ cases="${CASES:-1000000}"
 targets=(
   "tally-analytics fuzz_parse"   # event parsing and validation (POST /v1/events bodies)
   "tally-raft fuzz_rpc"          # Raft RPC decoding (/raft/* bodies and replies)
+  "tally-storage guard_properties" # the SQL guard of POST /v1/sql
 )
 for target in "${targets[@]}"; do
   read -r package test <<<"$target"

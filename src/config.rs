@@ -14,6 +14,10 @@ use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
 /// Largest `ingest.max_body_bytes` a node accepts: a posted body becomes one Raft entry.
 pub const MAX_INGEST_BODY_BYTES: usize = 64 << 20;
+/// Bounds of `sql.max_result_bytes`: an answer is built in memory before it is sent.
+pub const SQL_RESULT_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1 << 30;
+/// Bounds of `sql.max_concurrent`: each running query holds a database connection.
+pub const SQL_MAX_CONCURRENT_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
 
 /// The configuration file, as written by an operator. Unknown keys are an error: a typo
 /// must not silently fall back to a default.
@@ -27,6 +31,7 @@ pub struct FileConfig {
     pub source_ip: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub record_store: Option<String>,
+    pub record_store_read: Option<String>,
     #[serde(default)]
     pub cluster: ClusterSection,
     #[serde(default)]
@@ -84,6 +89,8 @@ pub struct SinkSection {
 pub struct SqlSection {
     pub timeout_ms: Option<u64>,
     pub max_rows: Option<usize>,
+    pub max_result_bytes: Option<usize>,
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +151,10 @@ pub struct ServeArgs {
     /// Record store URL (mysql://… or sqlite://…); a witness ignores it.
     #[arg(long, env = "TALLY_RECORD_STORE")]
     pub record_store: Option<String>,
+    /// URL /v1/sql reads the MySQL/MariaDB record store with: the same database, as a user
+    /// with SELECT rights only. Default: the record_store URL (read-only transactions).
+    #[arg(long, env = "TALLY_RECORD_STORE_READ")]
+    pub record_store_read: Option<String>,
     /// Cluster secret that authenticates /raft RPC.
     #[arg(long, env = "TALLY_CLUSTER_SECRET")]
     pub secret: Option<String>,
@@ -218,6 +229,13 @@ pub struct ServeArgs {
     /// all-"__other__" key. Stamped into the entries this node proposes as leader.
     #[arg(long, env = "TALLY_ANALYTICS_MAX_TENANTS_PER_BUCKET")]
     pub analytics_max_tenants_per_bucket: Option<u32>,
+    /// Most bytes of encoded rows a /v1/sql answer carries (1 KiB to 1 GiB; more are cut,
+    /// and the answer says so).
+    #[arg(long, env = "TALLY_SQL_MAX_RESULT_BYTES")]
+    pub sql_max_result_bytes: Option<usize>,
+    /// /v1/sql queries running at once on this node (1 to 64); more get 503 at once.
+    #[arg(long, env = "TALLY_SQL_MAX_CONCURRENT")]
+    pub sql_max_concurrent: Option<usize>,
 }
 
 /// A node's effective configuration.
@@ -419,7 +437,29 @@ impl ServeArgs {
         if witness_max_log_bytes < 1 << 20 {
             bail!("raft.witness_max_log_bytes must be at least 1048576 (1 MiB), got {witness_max_log_bytes}");
         }
+        if let Some(n) = self.sql_max_result_bytes.or(file.sql.max_result_bytes) {
+            if !SQL_RESULT_BYTES_RANGE.contains(&n) {
+                bail!(
+                    "sql.max_result_bytes must be between 1024 (1 KiB) and {} (1 GiB): each \
+                     answer is held in memory before it is sent (got {n})",
+                    SQL_RESULT_BYTES_RANGE.end()
+                );
+            }
+            sql.max_result_bytes = n;
+        }
+        let mut record_reads = tally_storage::records::ReadPoolOptions::default();
+        if let Some(n) = self.sql_max_concurrent.or(file.sql.max_concurrent) {
+            if !SQL_MAX_CONCURRENT_RANGE.contains(&n) {
+                bail!(
+                    "sql.max_concurrent must be between 1 and {}: each running query holds one \
+                     database connection of the read pool (got {n})",
+                    SQL_MAX_CONCURRENT_RANGE.end()
+                );
+            }
+            record_reads.max_concurrent = n;
+        }
         let record_store = self.record_store.or(file.record_store);
+        record_reads.url = self.record_store_read.or(file.record_store_read);
         if role == Role::Data && record_store.is_none() {
             tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
         }
@@ -435,6 +475,7 @@ impl ServeArgs {
             self.allow_anonymous.or(file.auth.allow_anonymous),
             &listen,
         )?;
+        check_read_url(role, record_store.as_deref(), record_reads.url.as_deref())?;
         Ok(NodeConfig {
             auth,
             listen,
@@ -458,6 +499,7 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_LOG_KEEP),
                 batcher,
                 record_store,
+                record_reads,
                 sink,
                 source_ip,
                 snapshot_chunk_bytes,
@@ -568,6 +610,32 @@ fn is_loopback(listen: &str) -> bool {
     listen
         .rsplit_once(':')
         .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+/// `record_store_read` makes sense only beside a MySQL/MariaDB `record_store`; without it a
+/// MySQL store serves `/v1/sql` as the sink's own user, which deserves a warning.
+fn check_read_url(role: Role, store: Option<&str>, read: Option<&str>) -> Result<()> {
+    let is_mysql = |url: &str| url.starts_with("mysql://") || url.starts_with("mariadb://");
+    match (store, read) {
+        (None, Some(_)) if role == Role::Data => {
+            bail!("record_store_read is set but record_store is not: set both, or neither")
+        }
+        (Some(store), Some(read)) if !is_mysql(store) || !is_mysql(read) => bail!(
+            "record_store_read ({}) needs a MySQL/MariaDB record_store and must itself be a \
+             mysql:// URL: it names the user /v1/sql reads the same database as; SQLite read \
+             connections are already opened read-only",
+            tally_storage::records::redact_url(read)
+        ),
+        (Some(store), None) if role == Role::Data && is_mysql(store) => {
+            tracing::warn!(
+                "record_store_read is not set: /v1/sql runs as the sink's own database user \
+                 (in read-only transactions); give it a user with SELECT rights only \
+                 (docs/sql.md, \"A read-only user\")"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -850,5 +918,85 @@ witnesses = [3]
         assert_eq!(entry.roles, ["ingest", "read"]);
         assert_eq!(entry.tenant.as_deref(), Some("acme.com"));
         assert!(parse_token_flag("gw:abc").is_err());
+    }
+
+    #[test]
+    fn sql_bounds_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let with = |bytes: Option<usize>, concurrent: Option<usize>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                sql_max_result_bytes: bytes,
+                sql_max_concurrent: concurrent,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let defaults = with(None, None).unwrap();
+        assert_eq!(defaults.sql.max_result_bytes, 8 << 20);
+        assert_eq!(defaults.node.record_reads.max_concurrent, 4);
+        assert_eq!(with(Some(1024), None).unwrap().sql.max_result_bytes, 1024);
+        assert_eq!(
+            with(Some(1 << 30), None).unwrap().sql.max_result_bytes,
+            1 << 30
+        );
+        for bad in [0, 1023, (1 << 30) + 1] {
+            let err = with(Some(bad), None).unwrap_err().to_string();
+            assert!(err.contains("sql.max_result_bytes must be"), "{bad}: {err}");
+        }
+        assert_eq!(
+            with(None, Some(1))
+                .unwrap()
+                .node
+                .record_reads
+                .max_concurrent,
+            1
+        );
+        for bad in [0, 65] {
+            let err = with(None, Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("sql.max_concurrent must be"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_read_url_is_mysql_only_and_never_shown_with_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let read = "mysql://tally_ro:hush?hush@127.0.0.1:3306/tally";
+        std::fs::write(
+            &path,
+            DOCUMENTED_EXAMPLE.replace(
+                "record_store = ",
+                &format!("record_store_read = \"{read}\"\nrecord_store = "),
+            ),
+        )
+        .unwrap();
+        let args = |store: Option<&str>| ServeArgs {
+            config: Some(path.clone()),
+            record_store: store.map(Into::into),
+            ..Default::default()
+        };
+        let cfg = args(None).resolve().unwrap();
+        assert_eq!(cfg.node.record_reads.url.as_deref(), Some(read));
+        let err = format!(
+            "{:#}",
+            args(Some("sqlite:///tmp/r.db")).resolve().unwrap_err()
+        );
+        assert!(err.contains("needs a MySQL/MariaDB record_store"), "{err}");
+        assert!(!err.contains("hush"), "{err}");
+        // The variable and the flag name it too.
+        let cfg = ServeArgs {
+            config: Some(path.clone()),
+            record_store_read: Some("mysql://other@h/tally".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            cfg.node.record_reads.url.as_deref(),
+            Some("mysql://other@h/tally")
+        );
     }
 }

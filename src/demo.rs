@@ -114,6 +114,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 log_keep_behind_snapshot: DEFAULT_LOG_KEEP,
                 batcher: BatcherConfig::default(),
                 record_store: Some(records.clone()),
+                record_reads: Default::default(),
                 sink: SinkConfig::default(),
                 source_ip: None,
                 snapshot_chunk_bytes: tally_raft::snapshot_transfer::CHUNK_BYTES,

@@ -24,6 +24,9 @@ impl RunningNode {
         if let Some(store) = &cfg.node.record_store {
             tracing::info!(record_store = %redact(store), "record store configured");
         }
+        if let Some(read) = &cfg.node.record_reads.url {
+            tracing::info!(record_store_read = %redact(read), "SQL reads use their own database user");
+        }
         // Bind first: a node that cannot listen should fail before touching its log.
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
@@ -130,12 +133,10 @@ async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// `user:password@` removed from a URL before it is logged.
+/// The password removed from a URL before it is logged (the record store's rule, so logs
+/// and error messages agree).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    tally_storage::records::redact_url(url)
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -223,8 +224,15 @@ mod tests {
     fn redacts_credentials() {
         assert_eq!(
             super::redact("mysql://u:p@h:3306/db"),
-            "mysql://***@h:3306/db"
+            "mysql://u:***@h:3306/db"
         );
         assert_eq!(super::redact("sqlite:///x.db"), "sqlite:///x.db");
+        for (url, password) in [
+            ("mysql://u:p?a@h/db", "p?a"),
+            ("mysql://u:p@ss@h/db", "p@ss"),
+            ("mysql://u:p%40@h/db?socket=/x@y", "p%40"),
+        ] {
+            assert!(!super::redact(url).contains(password), "{url}");
+        }
     }
 }

@@ -149,6 +149,7 @@ impl Node {
                 if let Some(url) = options.record_store.clone() {
                     tasks.spawn(connect_records(
                         url,
+                        options.record_reads.clone(),
                         raft.clone(),
                         state.clone(),
                         records.clone(),
@@ -471,6 +472,7 @@ async fn watch_recovery(raft: Raft, recovered: Arc<AtomicBool>) {
 /// Connects to the record store (retrying while it is unreachable), then starts the sink.
 async fn connect_records(
     url: String,
+    reads: tally_storage::records::ReadPoolOptions,
     raft: Raft,
     state: SharedState,
     slot: Arc<std::sync::OnceLock<RecordStore>>,
@@ -479,7 +481,7 @@ async fn connect_records(
 ) {
     let mut backoff = Duration::from_millis(200);
     let store = loop {
-        match RecordStore::connect(&url).await {
+        match RecordStore::connect_with(&url, &reads).await {
             Ok(store) => break store,
             Err(e) => {
                 monitor.connect_error(&e);
@@ -611,6 +613,7 @@ mod tests {
             log_keep_behind_snapshot: 1000,
             batcher: Default::default(),
             record_store: None,
+            record_reads: Default::default(),
             sink: SinkConfig::default(),
             source_ip: None,
             witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,

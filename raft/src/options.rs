@@ -26,6 +26,9 @@ pub struct NodeOptions {
     pub batcher: BatcherConfig,
     /// Record store URL (`mysql://…`, `sqlite://…`); a data node without one runs no sink.
     pub record_store: Option<String>,
+    /// How `/v1/sql` reaches the record store: its own read-only URL (optional) and how many
+    /// queries may run at once.
+    pub record_reads: tally_storage::records::ReadPoolOptions,
     pub sink: SinkConfig,
     /// Local IP that outbound connections to peers are made from (`None`: the OS picks).
     pub source_ip: Option<std::net::IpAddr>,

@@ -22,6 +22,7 @@ mod records_backpressure;
 mod records_mariadb;
 mod records_sqlite;
 mod snapshot_rejoin;
+mod sql_bounds;
 mod sql_endpoint;
 mod witness;
 mod witness_caretaker;

@@ -118,6 +118,13 @@ pub struct ClusterOpts {
     pub max_keys_per_tenant_bucket: Option<u64>,
     /// `[analytics] max_tenants_per_bucket`.
     pub max_tenants_per_bucket: Option<u64>,
+    /// `[sql] max_result_bytes`.
+    pub sql_max_result_bytes: Option<usize>,
+    /// `[sql] max_concurrent`.
+    pub sql_max_concurrent: Option<usize>,
+    /// `record_store_read`, given to every node as `TALLY_RECORD_STORE_READ` (the witness,
+    /// which has no record store, ignores it).
+    pub record_store_read: Option<String>,
 }
 
 impl ClusterOpts {
@@ -167,7 +174,21 @@ impl ClusterOpts {
                 "max_tenants_per_bucket",
                 self.max_tenants_per_bucket,
             ),
+            (
+                "sql",
+                "max_result_bytes",
+                self.sql_max_result_bytes.map(|n| n as u64),
+            ),
+            (
+                "sql",
+                "max_concurrent",
+                self.sql_max_concurrent.map(|n| n as u64),
+            ),
         ];
+        if let Some(url) = &self.record_store_read {
+            spec.env
+                .push(("TALLY_RECORD_STORE_READ".into(), url.clone()));
+        }
         for (table, key, value) in keys {
             if let Some(v) = value {
                 spec = spec.set(table, key, v);
