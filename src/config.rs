@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+use tally_api::server::{HttpLimits, TlsFiles, TlsServer};
 use tally_api::SqlLimits;
 use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
@@ -36,6 +37,29 @@ pub struct FileConfig {
     pub sink: SinkSection,
     #[serde(default)]
     pub sql: SqlSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    pub tls: Option<TlsSection>,
+}
+
+/// `[http]`: bounds on the connections clients (and peers) hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[tls]`: serve HTTPS only, and reach peers over HTTPS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub peer_client_auth: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +179,31 @@ pub struct ServeArgs {
     /// Most rows a /v1/sql answer carries (more are cut, and the answer says so).
     #[arg(long, env = "TALLY_SQL_MAX_ROWS")]
     pub sql_max_rows: Option<usize>,
+    /// Most open HTTP connections (clients and peers); at the limit the oldest idle one
+    /// gives way.
+    #[arg(long, env = "TALLY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Time a connection has to send a complete request head, in ms.
+    #[arg(long, env = "TALLY_HTTP_HEADER_READ_TIMEOUT_MS")]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Time a request body has to arrive, in ms (408 after it).
+    #[arg(long, env = "TALLY_HTTP_BODY_READ_TIMEOUT_MS")]
+    pub http_body_read_timeout_ms: Option<u64>,
+    /// Time a keep-alive connection may stay idle, in ms.
+    #[arg(long, env = "TALLY_HTTP_IDLE_TIMEOUT_MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// This node's TLS certificate (PEM); with it the node serves HTTPS only.
+    #[arg(long, env = "TALLY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TALLY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) peers are verified against (PEM).
+    #[arg(long, env = "TALLY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Raft RPC and forwarded requests need a client certificate from the CA (default true).
+    #[arg(long, env = "TALLY_TLS_PEER_CLIENT_AUTH")]
+    pub tls_peer_client_auth: Option<bool>,
 }
 
 /// A node's effective configuration.
@@ -163,6 +212,9 @@ pub struct NodeConfig {
     pub listen: String,
     pub max_body_bytes: usize,
     pub sql: SqlLimits,
+    pub http: HttpLimits,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsServer>,
     pub node: NodeOptions,
 }
 
@@ -316,6 +368,29 @@ impl ServeArgs {
             }
             sql.max_rows = n;
         }
+        let http = http_limits(
+            &file.http,
+            [
+                self.http_max_connections.map(|n| n as u64),
+                self.http_header_read_timeout_ms,
+                self.http_body_read_timeout_ms,
+                self.http_idle_timeout_ms,
+            ],
+        )?;
+        let tls_section = file.tls.unwrap_or_default();
+        let tls_files = tls_files(
+            self.tls_cert.or(tls_section.cert),
+            self.tls_key.or(tls_section.key),
+            self.tls_ca.or(tls_section.ca),
+            self.tls_peer_client_auth.or(tls_section.peer_client_auth),
+        )?;
+        let (tls, peer_tls) = match tls_files {
+            None => (None, None),
+            Some(files) => {
+                let (server, peer) = files.load()?;
+                (Some(server), Some(peer))
+            }
+        };
         let record_store = self.record_store.or(file.record_store);
         if role == Role::Data && record_store.is_none() {
             tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
@@ -324,6 +399,8 @@ impl ServeArgs {
             listen,
             sql,
             max_body_bytes,
+            http,
+            tls,
             node: NodeOptions {
                 id,
                 role,
@@ -344,12 +421,96 @@ impl ServeArgs {
                 record_store,
                 sink,
                 source_ip,
+                peer_tls,
                 witness_max_log_entries: self
                     .witness_max_log_entries
                     .or(file.raft.witness_max_log_entries)
                     .unwrap_or(tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES),
             },
         })
+    }
+}
+
+/// Fewest connections `http.max_connections` allows: peers alone hold a few.
+pub const MIN_HTTP_CONNECTIONS: usize = 16;
+
+/// `[http]` over its defaults; `flags`: max_connections and the three timeouts (ms), in
+/// the section's order, each over the file's.
+fn http_limits(file: &HttpSection, flags: [Option<u64>; 4]) -> Result<HttpLimits> {
+    let mut limits = HttpLimits::default();
+    let [max, header, body, idle] = flags;
+    if let Some(n) = max.or(file.max_connections.map(|n| n as u64)) {
+        if n < MIN_HTTP_CONNECTIONS as u64 {
+            bail!("http.max_connections must be at least {MIN_HTTP_CONNECTIONS} (got {n})");
+        }
+        limits.max_connections = usize::try_from(n).context("http.max_connections")?;
+    }
+    let timeouts = [
+        (
+            "header_read_timeout_ms",
+            header.or(file.header_read_timeout_ms),
+            600_000,
+            &mut limits.header_read_timeout,
+        ),
+        (
+            "body_read_timeout_ms",
+            body.or(file.body_read_timeout_ms),
+            3_600_000,
+            &mut limits.body_read_timeout,
+        ),
+        (
+            "idle_timeout_ms",
+            idle.or(file.idle_timeout_ms),
+            86_400_000,
+            &mut limits.idle_timeout,
+        ),
+    ];
+    for (key, value, max_ms, slot) in timeouts {
+        if let Some(ms) = value {
+            if !(100..=max_ms).contains(&ms) {
+                bail!("http.{key} must be between 100 and {max_ms} (got {ms})");
+            }
+            *slot = std::time::Duration::from_millis(ms);
+        }
+    }
+    Ok(limits)
+}
+
+/// `[tls]`: none of cert, key and ca (plain HTTP), or all three.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    peer_client_auth: Option<bool>,
+) -> Result<Option<TlsFiles>> {
+    match (cert, key, ca) {
+        (None, None, None) => {
+            if peer_client_auth.is_some() {
+                bail!("tls.peer_client_auth is set but tls.cert, tls.key and tls.ca are not: without them the node serves plain HTTP");
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            ca,
+            peer_client_auth: peer_client_auth.unwrap_or(true),
+        })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("cert", cert.is_none()),
+                ("key", key.is_none()),
+                ("ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| k)
+            .collect();
+            bail!(
+                "[tls] needs cert, key and ca together; missing: {} (set them in [tls], or --tls-cert/--tls-key/--tls-ca, or TALLY_TLS_*)",
+                missing.join(", ")
+            )
+        }
     }
 }
 

@@ -93,6 +93,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             listen: addr.clone(),
             max_body_bytes: 8 << 20,
             sql: tally_api::SqlLimits::default(),
+            http: tally_api::server::HttpLimits::default(),
+            tls: None,
             node: NodeOptions {
                 id: *id,
                 role: if witnesses.contains(id) {
@@ -111,6 +113,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 record_store: Some(records.clone()),
                 sink: SinkConfig::default(),
                 source_ip: None,
+                peer_tls: None,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
             },
         };

@@ -24,6 +24,7 @@ pub mod members;
 mod params;
 pub mod raft_rpc;
 pub mod reads;
+pub mod server;
 pub mod sql;
 
 use std::sync::Arc;
@@ -69,7 +70,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(node: Arc<Node>, limits: Limits) -> Result<Self, reqwest::Error> {
         Ok(AppState {
-            forwarder: Forwarder::new(node.id, node.options.source_ip)?,
+            forwarder: Forwarder::new(node.id, node.options.peer_http())?,
             secret: node.options.secret.clone().into(),
             node,
             limits,
@@ -150,9 +151,17 @@ async fn require_secret(
     }
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes with 413.
+/// Reads a whole request body, refusing more than `limit` bytes with 413, and one that does
+/// not arrive within the server's body read timeout with 408.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if let Some(timeout) = find_source::<server::BodyTimeout>(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("{timeout}; send the body at once (or raise http.body_read_timeout_ms)"),
+            );
+        }
         let too_big = std::error::Error::source(&e)
             .map(|s| s.is::<http_body_util::LengthLimitError>())
             .unwrap_or(false)
@@ -167,4 +176,18 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::bad_request(format!("could not read request body: {e}"))
         }
     })
+}
+
+/// The first error of type `T` in `e`'s source chain.
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }

@@ -122,7 +122,7 @@ impl Node {
         check_no_gap(&log, &state).await?;
 
         let config = raft_config(&options)?;
-        let network = HttpNetwork::new(options.secret.clone(), options.source_ip)
+        let network = HttpNetwork::new(options.secret.clone(), options.peer_http())
             .map_err(NodeError::HttpClient)?;
         let raft = Raft::new(
             options.id,
@@ -582,6 +582,7 @@ mod tests {
             record_store: None,
             sink: SinkConfig::default(),
             source_ip: None,
+            peer_tls: None,
             witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,
         }
     }
