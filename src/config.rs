@@ -692,3 +692,149 @@ witnesses = [3]
         assert!(err.to_string().contains("source_ip"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod http_and_tls_tests {
+    use super::*;
+    use tally_testkit::pki::TestCa;
+
+    const BASE: &str = r#"
+id = 1
+listen = "127.0.0.1:7101"
+data_dir = "/tmp/tally-config-test"
+[cluster]
+secret = "s"
+"#;
+
+    fn resolve(dir: &Path, extra: &str) -> Result<NodeConfig> {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+    }
+
+    fn err(dir: &Path, extra: &str) -> String {
+        format!("{:#}", resolve(dir, extra).unwrap_err())
+    }
+
+    #[test]
+    fn http_bounds_have_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = resolve(dir.path(), "").unwrap();
+        assert_eq!(cfg.http, HttpLimits::default());
+        assert_eq!(cfg.http.max_connections, 1024);
+        assert!(cfg.tls.is_none() && cfg.node.peer_tls.is_none());
+        let cfg = resolve(
+            dir.path(),
+            "[http]\nmax_connections = 200\nheader_read_timeout_ms = 700\nbody_read_timeout_ms = 900\nidle_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.http.max_connections, 200);
+        assert_eq!(cfg.http.header_read_timeout.as_millis(), 700);
+        assert_eq!(cfg.http.body_read_timeout.as_millis(), 900);
+        assert_eq!(cfg.http.idle_timeout.as_millis(), 1000);
+        // Flags win over the file.
+        let path = dir.path().join("node.toml");
+        let cfg = ServeArgs {
+            config: Some(path),
+            http_max_connections: Some(300),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.http.max_connections, 300);
+        for (extra, want) in [
+            (
+                "[http]\nmax_connections = 3\n",
+                "http.max_connections must be at least 16",
+            ),
+            (
+                "[http]\nheader_read_timeout_ms = 0\n",
+                "http.header_read_timeout_ms must be between 100",
+            ),
+            (
+                "[http]\nbody_read_timeout_ms = 99\n",
+                "http.body_read_timeout_ms must be between 100",
+            ),
+            (
+                "[http]\nidle_timeout_ms = 100000000000\n",
+                "http.idle_timeout_ms must be between 100",
+            ),
+            ("[http]\nmax_conections = 20\n", "max_conections"),
+        ] {
+            let e = err(dir.path(), extra);
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+
+    /// `[tls]` text for files in `dir` named `<stem>.crt` / `.key` and `ca.crt`.
+    fn tls_section(dir: &Path, stem: &str, peer_client_auth: bool) -> String {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\npeer_client_auth = {peer_client_auth}\n",
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+            dir.join("ca.crt"),
+        )
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = TestCa::new("test CA").unwrap();
+        ca.write_cert(&d.join("ca.crt")).unwrap();
+        let node = ca.issue("node 1", &["127.0.0.1"]).unwrap();
+        node.write(d, "node").unwrap();
+
+        let cfg = resolve(d, &tls_section(d, "node", true)).unwrap();
+        assert!(cfg.tls.is_some() && cfg.node.peer_tls.is_some());
+        assert_eq!(cfg.node.peer_http().scheme(), "https");
+        // peer_client_auth defaults to on.
+        let section = tls_section(d, "node", true).replace("peer_client_auth = true\n", "");
+        assert!(
+            format!("{:?}", resolve(d, &section).unwrap().tls).contains("peer_client_auth: true")
+        );
+
+        // Only some of the files.
+        let e = err(d, &format!("[tls]\ncert = {:?}\n", d.join("node.crt")));
+        assert!(e.contains("missing: key, ca"), "{e}");
+        let e = err(d, "[tls]\npeer_client_auth = false\n");
+        assert!(e.contains("plain HTTP"), "{e}");
+        // A file that is not there.
+        let e = err(d, &tls_section(d, "absent", true));
+        assert!(
+            e.contains("tls.cert") && e.contains("absent.crt") && e.contains("cannot read"),
+            "{e}"
+        );
+        // A key that belongs to another certificate.
+        let other = ca.issue("node 2", &["127.0.0.1"]).unwrap();
+        std::fs::write(d.join("mixed.crt"), &node.cert_pem).unwrap();
+        std::fs::write(d.join("mixed.key"), &other.key_pem).unwrap();
+        let e = err(d, &tls_section(d, "mixed", false));
+        assert!(
+            e.contains("tls.key") && e.contains("does not go with tls.cert"),
+            "{e}"
+        );
+        // A CA file that holds no certificate.
+        std::fs::write(d.join("ca.crt"), "not a certificate\n").unwrap();
+        let e = err(d, &tls_section(d, "node", true));
+        assert!(
+            e.contains("tls.ca") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        // With peer_client_auth, a node certificate from another CA is refused up front.
+        ca.write_cert(&d.join("ca.crt")).unwrap();
+        TestCa::new("another CA")
+            .unwrap()
+            .issue("stranger", &["127.0.0.1"])
+            .unwrap()
+            .write(d, "stranger")
+            .unwrap();
+        let e = err(d, &tls_section(d, "stranger", true));
+        assert!(e.contains("peers would refuse it"), "{e}");
+        assert!(resolve(d, &tls_section(d, "stranger", false)).is_ok());
+    }
+}
