@@ -20,6 +20,7 @@ mod records_mariadb;
 mod records_sqlite;
 mod snapshot_rejoin;
 mod sql_endpoint;
+mod tls;
 mod witness;
 mod witness_caretaker;
 mod witness_down;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tally_protocol::{NodeStatus, SinkDetail, SinkStatus};
+pub use tally_testkit::cluster::TlsSpec;
 use tally_testkit::cluster::{ClusterSpec, Keep, ProcessCluster};
 
 pub use tally_testkit::now_ms;
@@ -109,6 +110,10 @@ pub struct ClusterOpts {
     pub sql_timeout_ms: Option<u64>,
     /// `[sql] max_rows`.
     pub sql_max_rows: Option<usize>,
+    /// A TLS cluster (the harness makes the CA and certificates).
+    pub tls: Option<TlsSpec>,
+    /// `[http]` keys of every node.
+    pub http: Vec<(&'static str, u64)>,
 }
 
 impl ClusterOpts {
@@ -152,6 +157,10 @@ impl ClusterOpts {
                 spec = spec.set(table, key, v);
             }
         }
+        for (key, value) in &self.http {
+            spec = spec.set("http", key, *value);
+        }
+        spec.tls = self.tls.clone();
         spec
     }
 }
@@ -326,8 +335,9 @@ impl Cluster {
         let harness = ProcessCluster::start(opts.spec())
             .await
             .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = harness
+            .client_builder()
+            .unwrap()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
@@ -363,6 +373,11 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> &str {
         self.harness.addr(id)
+    }
+
+    /// The harness underneath (pids, the TLS cluster's CA, client builders).
+    pub fn harness(&self) -> &ProcessCluster {
+        &self.harness
     }
 
     pub fn url(&self, id: u64) -> String {
