@@ -26,7 +26,7 @@ impl RunningNode {
         }
         crate::fds::check_budget(cfg.http.max_connections, crate::fds::raise_nofile_limit()?)?;
         // Bind first: a node that cannot listen should fail before touching its log.
-        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        let listener = tally_api::server::bind(&cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;

@@ -18,6 +18,7 @@ mod membership;
 mod records_backpressure;
 mod records_mariadb;
 mod records_sqlite;
+mod slow_clients;
 mod snapshot_rejoin;
 mod sql_endpoint;
 mod tls;

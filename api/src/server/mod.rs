@@ -93,6 +93,38 @@ fn body_has_deadline(path: &str) -> bool {
     !path.starts_with("/raft/")
 }
 
+/// Connections the kernel completes and queues for `accept` (it caps this at
+/// `net.core.somaxconn`). Deep enough that a burst of a few thousand connections is queued
+/// and then accepted (and bounded by the slots) rather than left half-open by the kernel,
+/// out of the server's reach.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `listen` (`host:port`) with [`LISTEN_BACKLOG`].
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{listen} resolves to no address"),
+        )
+    }))
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then drains: stops accepting,
 /// closes idle connections and waits for the requests in progress.
 pub async fn serve(
@@ -102,7 +134,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
-        slots: Mutex::new(Slots::new(options.limits.max_connections)),
+        slots: Mutex::new(Slots::new(
+            options.limits.max_connections,
+            slots::EVICTION_GRACE,
+        )),
+        closed: Notify::new(),
         options,
         router,
     });
@@ -113,10 +149,14 @@ pub async fn serve(
     let mut accept_errors = Throttled::default();
     tokio::pin!(shutdown);
     loop {
+        // Evicted connections give their descriptors back when their task runs: accept no
+        // more until few are pending, so descriptors stay within the limit plus a few.
+        let closing = shared.lock_slots().closing() >= MAX_CLOSING;
         tokio::select! {
             _ = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
+            _ = shared.closed.notified(), if closing => {}
+            accepted = listener.accept(), if !closing => {
                 let (stream, remote) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -135,7 +175,7 @@ pub async fn serve(
                 let admission = shared.lock_slots().admit(id, conn.accepted.into_std(), conn.clone());
                 match admission {
                     Admission::Admitted => {}
-                    Admission::Evicted(victim) => victim.evicted.notify_one(),
+                    Admission::Evicted(victim) => victim.evict(),
                     Admission::Refused => {
                         if refused.due() {
                             tracing::warn!(
@@ -158,8 +198,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// Evicted connections not yet closed beyond which the loop waits before accepting more.
+const MAX_CLOSING: usize = 32;
+
 struct Shared {
     slots: Mutex<Slots<Arc<Conn>>>,
+    /// An evicted connection was dropped.
+    closed: Notify,
     options: ServeOptions,
     router: Router,
 }
@@ -231,6 +276,7 @@ struct Conn {
     /// In [`Phase::Waiting`]: the next byte read starts a head.
     waiting: AtomicBool,
     trusted: AtomicBool,
+    was_evicted: AtomicBool,
     phase: Mutex<Phase>,
 }
 
@@ -243,11 +289,18 @@ impl Conn {
             changed: Notify::new(),
             waiting: AtomicBool::new(true),
             trusted: AtomicBool::new(false),
+            was_evicted: AtomicBool::new(false),
             phase: Mutex::new(Phase::Waiting {
                 since: accepted,
                 fresh: true,
             }),
         }
+    }
+
+    /// Tells its task to close it (it gave its slot to a newcomer).
+    fn evict(&self) {
+        self.was_evicted.store(true, Ordering::Release);
+        self.evicted.notify_one();
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -330,12 +383,16 @@ impl Drop for Busy {
 /// Gives the connection's slot back however its task ends.
 struct SlotGuard {
     shared: Arc<Shared>,
-    id: ConnId,
+    conn: Arc<Conn>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.shared.lock_slots().remove(self.id);
+        let evicted = self.conn.was_evicted.load(Ordering::Acquire);
+        self.shared.lock_slots().remove(self.conn.id, evicted);
+        if evicted {
+            self.shared.closed.notify_one();
+        }
     }
 }
 
@@ -386,7 +443,7 @@ async fn serve_connection(
 ) {
     let _slot = SlotGuard {
         shared: shared.clone(),
-        id: conn.id,
+        conn: conn.clone(),
     };
     let _ = stream.set_nodelay(true);
     let io = Tracked {
