@@ -12,9 +12,13 @@ use tally_protocol::NodeStatus;
 /// Where to reach a node.
 #[derive(Debug, Args, Clone)]
 pub struct NodeArg {
-    /// Base URL of any cluster member.
+    /// Base URL of any cluster member (`https://…` for a node with `[tls]`).
     #[arg(long, env = "TALLY_NODE", default_value = "http://127.0.0.1:7101")]
     pub node: String,
+    /// CA certificate (PEM) an `https://` node's certificate is verified against; without
+    /// it, only the system's usual roots would do, and this build has none: give it.
+    #[arg(long, env = "TALLY_CA")]
+    pub ca: Option<PathBuf>,
     /// The cluster secret: cluster operations (init, add, remove, leader) need it.
     #[arg(long, env = "TALLY_CLUSTER_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -96,15 +100,34 @@ pub struct PostArgs {
     pub retries: u32,
 }
 
-fn http() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// A client builder that trusts `ca` (PEM) for `https://` nodes.
+fn builder(ca: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
+    let mut b = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()?)
+        .timeout(Duration::from_secs(60));
+    if let Some(path) = ca {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --ca {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca {}: not a PEM certificate file", path.display()))?;
+        if roots.is_empty() {
+            bail!("--ca {}: holds no PEM certificate", path.display());
+        }
+        b = b.use_rustls_tls().tls_built_in_root_certs(false);
+        for root in roots {
+            b = b.add_root_certificate(root);
+        }
+    }
+    Ok(b)
+}
+
+fn http(node: &NodeArg) -> Result<reqwest::Client> {
+    Ok(builder(node.ca.as_deref())?.build()?)
 }
 
 /// A client that sends the cluster secret with every request (cluster operations need it).
-fn http_with_secret(secret: Option<&str>) -> Result<reqwest::Client> {
+fn http_with_secret(node: &NodeArg) -> Result<reqwest::Client> {
+    let secret = node.secret.as_deref();
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(secret) = secret {
         let mut value = reqwest::header::HeaderValue::from_str(secret)
@@ -112,9 +135,7 @@ fn http_with_secret(secret: Option<&str>) -> Result<reqwest::Client> {
         value.set_sensitive(true);
         headers.insert("x-tally-secret", value);
     }
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
+    Ok(builder(node.ca.as_deref())?
         .default_headers(headers)
         .build()?)
 }
@@ -136,7 +157,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         | ClusterCommand::Leader { node, .. } => node,
         ClusterCommand::Add(args) => &args.node,
     };
-    let client = http_with_secret(node.secret.as_deref())?;
+    let client = http_with_secret(node)?;
     match cmd {
         ClusterCommand::Init(node) => {
             let url = format!("{}/v1/cluster/init", base(&node.node));
@@ -331,7 +352,7 @@ pub async fn post(args: PostArgs) -> Result<()> {
             Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
         }
     };
-    let client = http()?;
+    let client = http(&args.node)?;
     let url = format!("{}/v1/events", base(&args.node.node));
     let (mut accepted, mut duplicates, mut requests) = (0u64, 0u64, 0u64);
     let mut chunk = String::new();
@@ -456,7 +477,7 @@ pub async fn sql(args: SqlArgs) -> Result<()> {
         body["min_index"] = serde_json::json!(i);
     }
     let url = format!("{}/v1/sql", base(&args.node.node));
-    let resp = http()?
+    let resp = http(&args.node)?
         .post(&url)
         .json(&body)
         .send()

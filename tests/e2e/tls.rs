@@ -7,6 +7,7 @@
 //! should: Raft RPC without a client certificate (401 `peer_certificate_required`, even with
 //! the cluster secret), a forwarded request without one, a client certificate from another
 //! CA (the TLS handshake fails), and plain HTTP on the TLS port (no HTTP answer at all).
+//! The CLI reaches it with `--ca`.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -185,6 +186,25 @@ async fn a_tls_cluster_serves_https_fails_over_and_refuses_strangers() {
         "plain HTTP got an HTTP answer: {:?}",
         String::from_utf8_lossy(&reply)
     );
+
+    // The CLI reaches an https:// node with --ca, and refuses to trust it without.
+    let ca = cluster.harness().ca_path().unwrap();
+    let url = cluster.url(leader);
+    let (ok, out, err) = cluster
+        .run_cli(&[
+            "cluster",
+            "status",
+            "--node",
+            &url,
+            "--ca",
+            ca.to_str().unwrap(),
+        ])
+        .await;
+    assert!(ok, "tally cluster status over HTTPS: {out}{err}");
+    let (ok, _, err) = cluster
+        .run_cli(&["cluster", "status", "--node", &url])
+        .await;
+    assert!(!ok, "the CLI trusted an unknown CA: {err}");
 
     // Failover over HTTPS: kill the leader, write through the survivors, bring it back.
     cluster.kill(leader);
