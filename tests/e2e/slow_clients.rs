@@ -8,7 +8,9 @@
 //! election happens (the term stays), the leader's open descriptors stay under its
 //! connection limit plus its reserve, the server itself closes the slow connections
 //! (eviction at the limit, then the header timeout), and once the flood stops every slow
-//! connection still open is closed by the header timeout.
+//! connection still open is closed by the header timeout. Then a body that stops halfway
+//! gets 408 at the body deadline, and a served keep-alive connection lives past the header
+//! timeout until the idle timeout closes it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +25,8 @@ use crate::common::{now_ms, simple_event, Cluster, ClusterOpts, Format};
 const SLOW_CLIENTS: usize = 2_000;
 const MAX_CONNECTIONS: u64 = 200;
 const HEADER_READ_TIMEOUT_MS: u64 = 1_000;
+const IDLE_TIMEOUT_MS: u64 = 3_000;
+const BODY_READ_TIMEOUT_MS: u64 = 1_500;
 const FLOOD: Duration = Duration::from_secs(10);
 /// A slow client waits this long before it reconnects after the server closed it.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -197,8 +201,8 @@ async fn slow_clients_do_not_starve_writes_or_raft() {
         http: vec![
             ("max_connections", MAX_CONNECTIONS),
             ("header_read_timeout_ms", HEADER_READ_TIMEOUT_MS),
-            ("idle_timeout_ms", 5_000),
-            ("body_read_timeout_ms", 5_000),
+            ("idle_timeout_ms", IDLE_TIMEOUT_MS),
+            ("body_read_timeout_ms", BODY_READ_TIMEOUT_MS),
         ],
         ..Default::default()
     };
@@ -314,6 +318,57 @@ async fn slow_clients_do_not_starve_writes_or_raft() {
         still_open, 0,
         "slow connections the server did not close within {within:?}"
     );
+
+    // A body that stops halfway gets a 408 once the body deadline passes, then the close.
+    let addr = cluster.addr(leader).to_string();
+    let mut slow_body = TcpStream::connect(&addr).await.unwrap();
+    slow_body
+        .write_all(
+            b"POST /v1/events HTTP/1.1\r\nHost: tally\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n[{\"event_id\": ",
+        )
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_millis(BODY_READ_TIMEOUT_MS) + Duration::from_secs(5),
+        slow_body.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the slow body got no answer and no close")
+    .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"),
+        "{answer}"
+    );
+    assert!(sent.elapsed() >= Duration::from_millis(BODY_READ_TIMEOUT_MS - 100));
+
+    // A served keep-alive connection outlives the header timeout while idle, and is closed
+    // by the idle timeout.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("healthz answers")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let served = tokio::time::Instant::now();
+    let early = served + Duration::from_millis(IDLE_TIMEOUT_MS - 500);
+    assert!(
+        !closed_before(&mut idle, early).await,
+        "an idle keep-alive connection was closed before the idle timeout"
+    );
+    let late = served + Duration::from_millis(IDLE_TIMEOUT_MS) + Duration::from_secs(3);
+    assert!(
+        closed_before(&mut idle, late).await,
+        "an idle keep-alive connection outlived the idle timeout"
+    );
+
     // And the node is fine.
     let r = cluster
         .api()
