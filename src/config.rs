@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use tally_api::auth::{AuthConfig, Role as AccessRole, Token};
+use tally_api::server::{HttpLimits, TlsFiles, TlsServer};
 use tally_api::SqlLimits;
 use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
@@ -46,6 +47,29 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub analytics: AnalyticsSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    pub tls: Option<TlsSection>,
+}
+
+/// `[http]`: bounds on the connections clients (and peers) hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[tls]`: serve HTTPS only, and reach peers over HTTPS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub peer_client_auth: Option<bool>,
 }
 
 /// `[auth]`: who may use the public API (docs/security.md).
@@ -236,6 +260,31 @@ pub struct ServeArgs {
     /// /v1/sql queries running at once on this node (1 to 64); more get 503 at once.
     #[arg(long, env = "TALLY_SQL_MAX_CONCURRENT")]
     pub sql_max_concurrent: Option<usize>,
+    /// Most open HTTP connections (clients and peers); at the limit the oldest idle one
+    /// gives way.
+    #[arg(long, env = "TALLY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Time a connection has to send a complete request head, in ms.
+    #[arg(long, env = "TALLY_HTTP_HEADER_READ_TIMEOUT_MS")]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Time a request body has to arrive, in ms (408 after it).
+    #[arg(long, env = "TALLY_HTTP_BODY_READ_TIMEOUT_MS")]
+    pub http_body_read_timeout_ms: Option<u64>,
+    /// Time a keep-alive connection may stay idle, in ms.
+    #[arg(long, env = "TALLY_HTTP_IDLE_TIMEOUT_MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// This node's TLS certificate (PEM); with it the node serves HTTPS only.
+    #[arg(long, env = "TALLY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TALLY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) peers are verified against (PEM).
+    #[arg(long, env = "TALLY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Raft RPC and forwarded requests need a client certificate from the CA (default true).
+    #[arg(long, env = "TALLY_TLS_PEER_CLIENT_AUTH")]
+    pub tls_peer_client_auth: Option<bool>,
 }
 
 /// A node's effective configuration.
@@ -245,6 +294,9 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
     pub sql: SqlLimits,
+    pub http: HttpLimits,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsServer>,
     pub node: NodeOptions,
 }
 
@@ -458,6 +510,29 @@ impl ServeArgs {
             }
             record_reads.max_concurrent = n;
         }
+        let http = http_limits(
+            &file.http,
+            [
+                self.http_max_connections.map(|n| n as u64),
+                self.http_header_read_timeout_ms,
+                self.http_body_read_timeout_ms,
+                self.http_idle_timeout_ms,
+            ],
+        )?;
+        let tls_section = file.tls.unwrap_or_default();
+        let tls_files = tls_files(
+            self.tls_cert.or(tls_section.cert),
+            self.tls_key.or(tls_section.key),
+            self.tls_ca.or(tls_section.ca),
+            self.tls_peer_client_auth.or(tls_section.peer_client_auth),
+        )?;
+        let (tls, peer_tls) = match tls_files {
+            None => (None, None),
+            Some(files) => {
+                let (server, peer) = files.load()?;
+                (Some(server), Some(peer))
+            }
+        };
         let record_store = self.record_store.or(file.record_store);
         record_reads.url = self.record_store_read.or(file.record_store_read);
         if role == Role::Data && record_store.is_none() {
@@ -481,6 +556,8 @@ impl ServeArgs {
             listen,
             sql,
             max_body_bytes,
+            http,
+            tls,
             node: NodeOptions {
                 id,
                 role,
@@ -504,6 +581,7 @@ impl ServeArgs {
                 source_ip,
                 snapshot_chunk_bytes,
                 witness_max_log_bytes,
+                peer_tls,
                 witness_max_log_entries: self
                     .witness_max_log_entries
                     .or(file.raft.witness_max_log_entries)
@@ -635,6 +713,89 @@ fn check_read_url(role: Role, store: Option<&str>, read: Option<&str>) -> Result
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// Fewest connections `http.max_connections` allows: peers alone hold a few.
+pub const MIN_HTTP_CONNECTIONS: usize = 16;
+
+/// `[http]` over its defaults; `flags`: max_connections and the three timeouts (ms), in
+/// the section's order, each over the file's.
+fn http_limits(file: &HttpSection, flags: [Option<u64>; 4]) -> Result<HttpLimits> {
+    let mut limits = HttpLimits::default();
+    let [max, header, body, idle] = flags;
+    if let Some(n) = max.or(file.max_connections.map(|n| n as u64)) {
+        if n < MIN_HTTP_CONNECTIONS as u64 {
+            bail!("http.max_connections must be at least {MIN_HTTP_CONNECTIONS} (got {n})");
+        }
+        limits.max_connections = usize::try_from(n).context("http.max_connections")?;
+    }
+    let timeouts = [
+        (
+            "header_read_timeout_ms",
+            header.or(file.header_read_timeout_ms),
+            600_000,
+            &mut limits.header_read_timeout,
+        ),
+        (
+            "body_read_timeout_ms",
+            body.or(file.body_read_timeout_ms),
+            3_600_000,
+            &mut limits.body_read_timeout,
+        ),
+        (
+            "idle_timeout_ms",
+            idle.or(file.idle_timeout_ms),
+            86_400_000,
+            &mut limits.idle_timeout,
+        ),
+    ];
+    for (key, value, max_ms, slot) in timeouts {
+        if let Some(ms) = value {
+            if !(100..=max_ms).contains(&ms) {
+                bail!("http.{key} must be between 100 and {max_ms} (got {ms})");
+            }
+            *slot = std::time::Duration::from_millis(ms);
+        }
+    }
+    Ok(limits)
+}
+
+/// `[tls]`: none of cert, key and ca (plain HTTP), or all three.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    peer_client_auth: Option<bool>,
+) -> Result<Option<TlsFiles>> {
+    match (cert, key, ca) {
+        (None, None, None) => {
+            if peer_client_auth.is_some() {
+                bail!("tls.peer_client_auth is set but tls.cert, tls.key and tls.ca are not: without them the node serves plain HTTP");
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            ca,
+            peer_client_auth: peer_client_auth.unwrap_or(true),
+        })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("cert", cert.is_none()),
+                ("key", key.is_none()),
+                ("ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| k)
+            .collect();
+            bail!(
+                "[tls] needs cert, key and ca together; missing: {} (set them in [tls], or --tls-cert/--tls-key/--tls-ca, or TALLY_TLS_*)",
+                missing.join(", ")
+            )
+        }
     }
 }
 
@@ -998,5 +1159,151 @@ witnesses = [3]
             cfg.node.record_reads.url.as_deref(),
             Some("mysql://other@h/tally")
         );
+    }
+}
+
+#[cfg(test)]
+mod http_and_tls_tests {
+    use super::*;
+    use tally_testkit::pki::TestCa;
+
+    const BASE: &str = r#"
+id = 1
+listen = "127.0.0.1:7101"
+data_dir = "/tmp/tally-config-test"
+[cluster]
+secret = "s"
+"#;
+
+    fn resolve(dir: &Path, extra: &str) -> Result<NodeConfig> {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+    }
+
+    fn err(dir: &Path, extra: &str) -> String {
+        format!("{:#}", resolve(dir, extra).unwrap_err())
+    }
+
+    #[test]
+    fn http_bounds_have_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = resolve(dir.path(), "").unwrap();
+        assert_eq!(cfg.http, HttpLimits::default());
+        assert_eq!(cfg.http.max_connections, 1024);
+        assert!(cfg.tls.is_none() && cfg.node.peer_tls.is_none());
+        let cfg = resolve(
+            dir.path(),
+            "[http]\nmax_connections = 200\nheader_read_timeout_ms = 700\nbody_read_timeout_ms = 900\nidle_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.http.max_connections, 200);
+        assert_eq!(cfg.http.header_read_timeout.as_millis(), 700);
+        assert_eq!(cfg.http.body_read_timeout.as_millis(), 900);
+        assert_eq!(cfg.http.idle_timeout.as_millis(), 1000);
+        // Flags win over the file.
+        let path = dir.path().join("node.toml");
+        let cfg = ServeArgs {
+            config: Some(path),
+            http_max_connections: Some(300),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.http.max_connections, 300);
+        for (extra, want) in [
+            (
+                "[http]\nmax_connections = 3\n",
+                "http.max_connections must be at least 16",
+            ),
+            (
+                "[http]\nheader_read_timeout_ms = 0\n",
+                "http.header_read_timeout_ms must be between 100",
+            ),
+            (
+                "[http]\nbody_read_timeout_ms = 99\n",
+                "http.body_read_timeout_ms must be between 100",
+            ),
+            (
+                "[http]\nidle_timeout_ms = 100000000000\n",
+                "http.idle_timeout_ms must be between 100",
+            ),
+            ("[http]\nmax_conections = 20\n", "max_conections"),
+        ] {
+            let e = err(dir.path(), extra);
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+
+    /// `[tls]` text for files in `dir` named `<stem>.crt` / `.key` and `ca.crt`.
+    fn tls_section(dir: &Path, stem: &str, peer_client_auth: bool) -> String {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\npeer_client_auth = {peer_client_auth}\n",
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+            dir.join("ca.crt"),
+        )
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = TestCa::new("test CA").unwrap();
+        ca.write_cert(&d.join("ca.crt")).unwrap();
+        let node = ca.issue("node 1", &["127.0.0.1"]).unwrap();
+        node.write(d, "node").unwrap();
+
+        let cfg = resolve(d, &tls_section(d, "node", true)).unwrap();
+        assert!(cfg.tls.is_some() && cfg.node.peer_tls.is_some());
+        assert_eq!(cfg.node.peer_http().scheme(), "https");
+        // peer_client_auth defaults to on.
+        let section = tls_section(d, "node", true).replace("peer_client_auth = true\n", "");
+        assert!(
+            format!("{:?}", resolve(d, &section).unwrap().tls).contains("peer_client_auth: true")
+        );
+
+        // Only some of the files.
+        let e = err(d, &format!("[tls]\ncert = {:?}\n", d.join("node.crt")));
+        assert!(e.contains("missing: key, ca"), "{e}");
+        let e = err(d, "[tls]\npeer_client_auth = false\n");
+        assert!(e.contains("plain HTTP"), "{e}");
+        // A file that is not there.
+        let e = err(d, &tls_section(d, "absent", true));
+        assert!(
+            e.contains("tls.cert") && e.contains("absent.crt") && e.contains("cannot read"),
+            "{e}"
+        );
+        // A key that belongs to another certificate.
+        let other = ca.issue("node 2", &["127.0.0.1"]).unwrap();
+        std::fs::write(d.join("mixed.crt"), &node.cert_pem).unwrap();
+        std::fs::write(d.join("mixed.key"), &other.key_pem).unwrap();
+        let e = err(d, &tls_section(d, "mixed", false));
+        assert!(
+            e.contains("tls.key") && e.contains("does not go with tls.cert"),
+            "{e}"
+        );
+        // A CA file that holds no certificate.
+        std::fs::write(d.join("ca.crt"), "not a certificate\n").unwrap();
+        let e = err(d, &tls_section(d, "node", true));
+        assert!(
+            e.contains("tls.ca") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        // With peer_client_auth, a node certificate from another CA is refused up front.
+        ca.write_cert(&d.join("ca.crt")).unwrap();
+        TestCa::new("another CA")
+            .unwrap()
+            .issue("stranger", &["127.0.0.1"])
+            .unwrap()
+            .write(d, "stranger")
+            .unwrap();
+        let e = err(d, &tls_section(d, "stranger", true));
+        assert!(e.contains("peers would refuse it"), "{e}");
+        assert!(resolve(d, &tls_section(d, "stranger", false)).is_ok());
     }
 }

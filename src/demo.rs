@@ -98,6 +98,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             },
             max_body_bytes: 8 << 20,
             sql: tally_api::SqlLimits::default(),
+            http: tally_api::server::HttpLimits::default(),
+            tls: None,
             node: NodeOptions {
                 id: *id,
                 role: if witnesses.contains(id) {
@@ -118,6 +120,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 sink: SinkConfig::default(),
                 source_ip: None,
                 snapshot_chunk_bytes: tally_raft::snapshot_transfer::CHUNK_BYTES,
+                peer_tls: None,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
                 witness_max_log_bytes: tally_raft::options::DEFAULT_WITNESS_MAX_LOG_BYTES,
             },

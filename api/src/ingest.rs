@@ -93,11 +93,12 @@ async fn handle(
             }
             let path = "/v1/events";
             if query.redirect {
-                let location = format!("http://{}{path}", node.addr);
+                // Members serve the scheme they speak to each other.
+                let location = app.forwarder.url(&node.addr, path);
                 return Ok((
                     StatusCode::TEMPORARY_REDIRECT,
-                    [(header::LOCATION, location)],
-                    axum::Json(json!({"leader": id, "location": format!("http://{}{path}", node.addr)})),
+                    [(header::LOCATION, location.clone())],
+                    axum::Json(json!({"leader": id, "location": location})),
                 )
                     .into_response());
             }

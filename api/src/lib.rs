@@ -25,6 +25,7 @@ pub mod members;
 mod params;
 pub mod raft_rpc;
 pub mod reads;
+pub mod server;
 pub mod sql;
 
 use std::sync::Arc;
@@ -73,7 +74,7 @@ impl AppState {
     pub fn new(node: Arc<Node>, limits: Limits, auth: &AuthConfig) -> Result<Self, reqwest::Error> {
         let secret: Arc<str> = node.options.secret.clone().into();
         Ok(AppState {
-            forwarder: Forwarder::new(node.id, node.options.source_ip)?,
+            forwarder: Forwarder::new(node.id, node.options.peer_http())?,
             auth: Arc::new(Authenticator::new(auth, secret.clone())),
             secret,
             node,
@@ -155,9 +156,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes with 413.
+/// Reads a whole request body, refusing more than `limit` bytes with 413, and one that does
+/// not arrive within the server's body read timeout with 408.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if let Some(timeout) = find_source::<server::BodyTimeout>(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("{timeout}; send the body at once (or raise http.body_read_timeout_ms)"),
+            );
+        }
         let too_big = std::error::Error::source(&e)
             .map(|s| s.is::<http_body_util::LengthLimitError>())
             .unwrap_or(false)
@@ -172,4 +181,18 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::bad_request(format!("could not read request body: {e}"))
         }
     })
+}
+
+/// The first error of type `T` in `e`'s source chain.
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }

@@ -6,6 +6,8 @@
 //!   [`Raft`], the node's openraft instance.
 //! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret
 //!   (openraft's RPCs, plus Tally's `/raft/snapshot-index` for the snapshot floor).
+//! * [`peer_http`] — how peers are reached: plain HTTP, or HTTPS against the cluster's CA
+//!   with the node's certificate as client identity (the one peer-client builder).
 //! * [`batcher`] — group commit: concurrent ingest requests become one entry.
 //! * [`sink`] — the leader's exactly-once writer into the record store.
 //! * [`retention`] — data nodes: purge the log behind snapshots; the leader publishes the
@@ -32,6 +34,7 @@ pub mod membership;
 pub mod network;
 pub mod node;
 pub mod options;
+pub mod peer_http;
 #[cfg(feature = "chaos")]
 pub mod plant;
 pub mod retention;
@@ -47,6 +50,7 @@ pub mod witness;
 pub use batcher::{BatcherConfig, IngestAck, IngestError};
 pub use error::NotLeader;
 pub use node::{Node, NodeError, NodeOptions, RaftTiming};
+pub use peer_http::{PeerHttp, PeerTls};
 pub use sink::{SinkConfig, SinkReport};
 pub use state_machine::Raft;
 pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};

@@ -18,6 +18,7 @@ use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::peer_http::PeerHttp;
 use crate::rpc::{self, path};
 use crate::types::{NodeId, Snapshot, SnapshotData, TallyNode, TypeConfig, Vote};
 
@@ -28,24 +29,21 @@ const MIN_APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct HttpNetwork {
     http: reqwest::Client,
+    peers: PeerHttp,
     secret: String,
     snapshot_chunk_bytes: usize,
 }
 
 impl HttpNetwork {
-    /// `source_ip`: the local address connections are made from (`None`: the OS picks).
-    pub fn new(
-        secret: impl Into<String>,
-        source_ip: Option<std::net::IpAddr>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .local_address(source_ip)
-            .connect_timeout(Duration::from_millis(500))
+    /// `peers`: scheme, TLS and source address of connections to peers.
+    pub fn new(secret: impl Into<String>, peers: PeerHttp) -> Result<Self, reqwest::Error> {
+        let http = peers
+            .client(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(HttpNetwork {
             http,
+            peers,
             secret: secret.into(),
             snapshot_chunk_bytes: crate::snapshot_transfer::CHUNK_BYTES,
         })
@@ -62,7 +60,7 @@ impl HttpNetwork {
     fn peer(&self, target: NodeId, node: &TallyNode) -> PeerClient {
         PeerClient {
             target,
-            base: format!("http://{}", node.addr),
+            base: self.peers.url(&node.addr, ""),
             http: self.http.clone(),
             secret: self.secret.clone(),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,

@@ -124,7 +124,7 @@ impl Node {
         check_no_gap(&log, &state).await?;
 
         let config = raft_config(&options)?;
-        let network = HttpNetwork::new(options.secret.clone(), options.source_ip)
+        let network = HttpNetwork::new(options.secret.clone(), options.peer_http())
             .map_err(NodeError::HttpClient)?
             .with_snapshot_chunk_bytes(options.snapshot_chunk_bytes);
         let raft = Raft::new(
@@ -616,6 +616,7 @@ mod tests {
             record_reads: Default::default(),
             sink: SinkConfig::default(),
             source_ip: None,
+            peer_tls: None,
             witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,
             witness_max_log_bytes: crate::options::DEFAULT_WITNESS_MAX_LOG_BYTES,
             snapshot_chunk_bytes: crate::snapshot_transfer::CHUNK_BYTES,

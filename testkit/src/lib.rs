@@ -17,6 +17,7 @@
 //! ```
 
 pub mod cluster;
+pub mod pki;
 pub mod usage;
 
 pub use cluster::{ClusterSpec, Keep, NodeSpec, ProcessCluster, Signal};

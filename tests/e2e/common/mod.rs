@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tally_protocol::{NodeStatus, SinkDetail, SinkStatus};
+pub use tally_testkit::cluster::TlsSpec;
 use tally_testkit::cluster::{ClusterSpec, Keep, ProcessCluster};
 
 pub use tally_testkit::now_ms;
@@ -125,6 +126,10 @@ pub struct ClusterOpts {
     /// `record_store_read`, given to every node as `TALLY_RECORD_STORE_READ` (the witness,
     /// which has no record store, ignores it).
     pub record_store_read: Option<String>,
+    /// A TLS cluster (the harness makes the CA and certificates).
+    pub tls: Option<TlsSpec>,
+    /// `[http]` keys of every node.
+    pub http: Vec<(&'static str, u64)>,
 }
 
 impl ClusterOpts {
@@ -194,6 +199,10 @@ impl ClusterOpts {
                 spec = spec.set(table, key, v);
             }
         }
+        for (key, value) in &self.http {
+            spec = spec.set("http", key, *value);
+        }
+        spec.tls = self.tls.clone();
         spec
     }
 }
@@ -375,8 +384,9 @@ impl Cluster {
                 format!("Bearer {token}").parse().unwrap(),
             );
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = harness
+            .client_builder()
+            .unwrap()
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
@@ -413,6 +423,11 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> &str {
         self.harness.addr(id)
+    }
+
+    /// The harness underneath (pids, the TLS cluster's CA, client builders).
+    pub fn harness(&self) -> &ProcessCluster {
+        &self.harness
     }
 
     pub fn url(&self, id: u64) -> String {
