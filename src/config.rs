@@ -15,6 +15,9 @@ use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
 /// Largest `ingest.max_body_bytes` a node accepts: a posted body becomes one Raft entry.
 pub const MAX_INGEST_BODY_BYTES: usize = 64 << 20;
+
+/// Largest `ingest.max_bytes_in_flight` (it counts in a 32-bit semaphore).
+pub const MAX_INGEST_BYTES_IN_FLIGHT: usize = (4 << 30) - 1;
 /// Bounds of `sql.max_result_bytes`: an answer is built in memory before it is sent.
 pub const SQL_RESULT_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1 << 30;
 /// Bounds of `sql.max_concurrent`: each running query holds a database connection.
@@ -60,6 +63,7 @@ pub struct HttpSection {
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub max_requests_in_flight: Option<usize>,
 }
 
 /// `[tls]`: serve HTTPS only, and reach peers over HTTPS.
@@ -144,6 +148,7 @@ pub struct RaftSection {
 pub struct IngestSection {
     pub max_body_bytes: Option<usize>,
     pub queue_requests: Option<usize>,
+    pub max_bytes_in_flight: Option<usize>,
 }
 
 /// Flags for `tally serve`; each also reads a `TALLY_*` environment variable.
@@ -273,6 +278,14 @@ pub struct ServeArgs {
     /// Time a keep-alive connection may stay idle, in ms.
     #[arg(long, env = "TALLY_HTTP_IDLE_TIMEOUT_MS")]
     pub http_idle_timeout_ms: Option<u64>,
+    /// Requests served at once, Raft RPC and health probes not counted (below
+    /// http.max_connections); more get 503 at once.
+    #[arg(long, env = "TALLY_HTTP_MAX_REQUESTS_IN_FLIGHT")]
+    pub http_max_requests_in_flight: Option<usize>,
+    /// Bytes of ingest bodies read but not yet answered (at least ingest.max_body_bytes);
+    /// beyond them, 503 at once.
+    #[arg(long, env = "TALLY_INGEST_MAX_BYTES_IN_FLIGHT")]
+    pub ingest_max_bytes_in_flight: Option<usize>,
     /// This node's TLS certificate (PEM); with it the node serves HTTPS only.
     #[arg(long, env = "TALLY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -293,6 +306,8 @@ pub struct NodeConfig {
     pub listen: String,
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
+    pub max_requests_in_flight: usize,
+    pub max_ingest_bytes_in_flight: usize,
     pub sql: SqlLimits,
     pub http: HttpLimits,
     /// `None`: plain HTTP.
@@ -551,8 +566,34 @@ impl ServeArgs {
             &listen,
         )?;
         check_read_url(role, record_store.as_deref(), record_reads.url.as_deref())?;
+        // Default: 512, or half the connections when there are fewer than 1024.
+        let max_requests_in_flight = self
+            .http_max_requests_in_flight
+            .or(file.http.max_requests_in_flight)
+            .unwrap_or(tally_api::in_flight::DEFAULT_MAX_REQUESTS.min(http.max_connections / 2));
+        if max_requests_in_flight == 0 || max_requests_in_flight >= http.max_connections {
+            bail!(
+                "http.max_requests_in_flight must be at least 1 and below http.max_connections \
+                 ({}): a connection serving a request is never closed to make room, so the \
+                 requests must leave some connections free (got {max_requests_in_flight})",
+                http.max_connections
+            );
+        }
+        let max_ingest_bytes_in_flight = self
+            .ingest_max_bytes_in_flight
+            .or(file.ingest.max_bytes_in_flight)
+            .unwrap_or(tally_api::in_flight::DEFAULT_MAX_INGEST_BYTES.max(max_body_bytes));
+        if !(max_body_bytes..=MAX_INGEST_BYTES_IN_FLIGHT).contains(&max_ingest_bytes_in_flight) {
+            bail!(
+                "ingest.max_bytes_in_flight must be between ingest.max_body_bytes \
+                 ({max_body_bytes}) and {MAX_INGEST_BYTES_IN_FLIGHT} (4 GiB), got \
+                 {max_ingest_bytes_in_flight}"
+            );
+        }
         Ok(NodeConfig {
             auth,
+            max_requests_in_flight,
+            max_ingest_bytes_in_flight,
             listen,
             sql,
             max_body_bytes,
@@ -1159,6 +1200,42 @@ witnesses = [3]
             cfg.node.record_reads.url.as_deref(),
             Some("mysql://other@h/tally")
         );
+    }
+
+    #[test]
+    fn in_flight_bounds_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let with = |requests: Option<usize>, bytes: Option<usize>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                http_max_requests_in_flight: requests,
+                ingest_max_bytes_in_flight: bytes,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let cfg = with(None, None).unwrap();
+        assert_eq!(cfg.max_requests_in_flight, 512);
+        assert_eq!(cfg.max_ingest_bytes_in_flight, 256 << 20);
+        assert_eq!(
+            with(Some(1), Some(8 << 20)).unwrap().max_requests_in_flight,
+            1
+        );
+        for (requests, bytes, says) in [
+            (Some(0), None, "http.max_requests_in_flight"),
+            (Some(1024), None, "below http.max_connections"),
+            (None, Some((8 << 20) - 1), "ingest.max_bytes_in_flight"),
+            (
+                None,
+                Some(MAX_INGEST_BYTES_IN_FLIGHT + 1),
+                "ingest.max_bytes_in_flight",
+            ),
+        ] {
+            let err = with(requests, bytes).unwrap_err().to_string();
+            assert!(err.contains(says), "{requests:?} {bytes:?}: {err}");
+        }
     }
 }
 

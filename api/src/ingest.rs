@@ -19,7 +19,7 @@ use crate::params;
 /// Forwarding hops an ingest request may take: to the leader a node knows, and once more
 /// if that node has just handed leadership over.
 const MAX_INGEST_HOPS: usize = 2;
-use crate::{read_body, AppState};
+use crate::{read_body_admitting, AppState};
 
 /// Bodies up to this size are parsed on the async worker; larger ones (up to
 /// `ingest.max_body_bytes`, tens of milliseconds of parsing) on a blocking thread, so that
@@ -60,7 +60,13 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let query = params::events_query(&params)?;
-    let bytes = read_body(body, app.limits.max_body_bytes).await?;
+    // Held until the request is answered: what was read, parsed and queued counts against
+    // the node's ingest budget until then.
+    let mut held = None;
+    let bytes = read_body_admitting(body, app.limits.max_body_bytes, |n| {
+        app.in_flight.admit_ingest_bytes(&mut held, n)
+    })
+    .await?;
     let format = params::body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
     // and changes nothing anywhere.

@@ -13,6 +13,7 @@ mod access;
 mod bad_input;
 mod durability;
 mod fatal_storage;
+mod in_flight;
 mod ingest_replicated;
 mod key_overflow;
 mod leader_kill;
