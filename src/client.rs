@@ -12,9 +12,13 @@ use tally_protocol::NodeStatus;
 /// Where to reach a node.
 #[derive(Debug, Args, Clone)]
 pub struct NodeArg {
-    /// Base URL of any cluster member.
+    /// Base URL of any cluster member (`https://…` for a node with `[tls]`).
     #[arg(long, env = "TALLY_NODE", default_value = "http://127.0.0.1:7101")]
     pub node: String,
+    /// CA certificate (PEM) an `https://` node's certificate is verified against; without
+    /// it, only the system's usual roots would do, and this build has none: give it.
+    #[arg(long, env = "TALLY_CA")]
+    pub ca: Option<PathBuf>,
     /// The cluster secret: cluster operations (init, add, remove, leader) need it.
     #[arg(long, env = "TALLY_CLUSTER_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -59,9 +63,7 @@ impl NodeArg {
                 headers.insert("x-tally-secret", sensitive(secret, "cluster secret")?);
             }
         }
-        Ok(reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
+        Ok(builder(self.ca.as_deref())?
             .default_headers(headers)
             .build()?)
     }
@@ -141,6 +143,27 @@ pub struct PostArgs {
     /// event ids, so it never double-counts).
     #[arg(long, default_value_t = 30)]
     pub retries: u32,
+}
+
+/// A client builder that trusts `ca` (PEM) for `https://` nodes.
+fn builder(ca: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60));
+    if let Some(path) = ca {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --ca {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca {}: not a PEM certificate file", path.display()))?;
+        if roots.is_empty() {
+            bail!("--ca {}: holds no PEM certificate", path.display());
+        }
+        b = b.use_rustls_tls().tls_built_in_root_certs(false);
+        for root in roots {
+            b = b.add_root_certificate(root);
+        }
+    }
+    Ok(b)
 }
 
 fn base(url: &str) -> String {

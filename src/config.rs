@@ -9,11 +9,19 @@ use clap::Args;
 use serde::Deserialize;
 
 use tally_api::auth::{AuthConfig, Role as AccessRole, Token};
+use tally_api::server::{HttpLimits, TlsFiles, TlsServer};
 use tally_api::SqlLimits;
 use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
 /// Largest `ingest.max_body_bytes` a node accepts: a posted body becomes one Raft entry.
 pub const MAX_INGEST_BODY_BYTES: usize = 64 << 20;
+
+/// Largest `ingest.max_bytes_in_flight` (it counts in a 32-bit semaphore).
+pub const MAX_INGEST_BYTES_IN_FLIGHT: usize = (4 << 30) - 1;
+/// Bounds of `sql.max_result_bytes`: an answer is built in memory before it is sent.
+pub const SQL_RESULT_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1 << 30;
+/// Bounds of `sql.max_concurrent`: each running query holds a database connection.
+pub const SQL_MAX_CONCURRENT_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
 
 /// The configuration file, as written by an operator. Unknown keys are an error: a typo
 /// must not silently fall back to a default.
@@ -27,6 +35,7 @@ pub struct FileConfig {
     pub source_ip: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub record_store: Option<String>,
+    pub record_store_read: Option<String>,
     #[serde(default)]
     pub cluster: ClusterSection,
     #[serde(default)]
@@ -39,6 +48,32 @@ pub struct FileConfig {
     pub sql: SqlSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub analytics: AnalyticsSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    pub tls: Option<TlsSection>,
+}
+
+/// `[http]`: bounds on the connections clients (and peers) hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_requests_in_flight: Option<usize>,
+}
+
+/// `[tls]`: serve HTTPS only, and reach peers over HTTPS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub peer_client_auth: Option<bool>,
 }
 
 /// `[auth]`: who may use the public API (docs/security.md).
@@ -62,6 +97,16 @@ pub struct TokenEntry {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AnalyticsSection {
+    pub max_keys_per_tenant_bucket: Option<u32>,
+    pub max_tenants_per_bucket: Option<u32>,
+}
+
+/// Largest value of either key cap: beyond it the cap no longer bounds memory usefully.
+pub const MAX_KEY_CAP: u32 = 100_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SinkSection {
     pub batch_events: Option<usize>,
     pub max_backlog_events: Option<usize>,
@@ -72,6 +117,8 @@ pub struct SinkSection {
 pub struct SqlSection {
     pub timeout_ms: Option<u64>,
     pub max_rows: Option<usize>,
+    pub max_result_bytes: Option<usize>,
+    pub max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +139,8 @@ pub struct RaftSection {
     pub snapshot_threshold: Option<u64>,
     pub log_keep_behind_snapshot: Option<u64>,
     pub witness_max_log_entries: Option<u64>,
+    pub witness_max_log_bytes: Option<u64>,
+    pub snapshot_chunk_bytes: Option<usize>,
     pub max_clock_skew_ms: Option<u64>,
 }
 
@@ -100,6 +149,7 @@ pub struct RaftSection {
 pub struct IngestSection {
     pub max_body_bytes: Option<usize>,
     pub queue_requests: Option<usize>,
+    pub max_bytes_in_flight: Option<usize>,
 }
 
 /// Flags for `tally serve`; each also reads a `TALLY_*` environment variable.
@@ -131,6 +181,10 @@ pub struct ServeArgs {
     /// Record store URL (mysql://… or sqlite://…); a witness ignores it.
     #[arg(long, env = "TALLY_RECORD_STORE")]
     pub record_store: Option<String>,
+    /// URL /v1/sql reads the MySQL/MariaDB record store with: the same database, as a user
+    /// with SELECT rights only. Default: the record_store URL (read-only transactions).
+    #[arg(long, env = "TALLY_RECORD_STORE_READ")]
+    pub record_store_read: Option<String>,
     /// Cluster secret that authenticates /raft RPC.
     #[arg(long, env = "TALLY_CLUSTER_SECRET")]
     pub secret: Option<String>,
@@ -160,6 +214,13 @@ pub struct ServeArgs {
     /// Log entries a witness keeps beyond what every data node holds in a snapshot.
     #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_ENTRIES")]
     pub witness_max_log_entries: Option<u64>,
+    /// Bytes of log entries a witness keeps beyond what every data node holds in a
+    /// snapshot (at least 1 MiB); whichever bound is reached first applies.
+    #[arg(long, env = "TALLY_RAFT_WITNESS_MAX_LOG_BYTES")]
+    pub witness_max_log_bytes: Option<u64>,
+    /// Bytes of snapshot per request when this node sends one (4 KiB to 64 MiB).
+    #[arg(long, env = "TALLY_RAFT_SNAPSHOT_CHUNK_BYTES")]
+    pub snapshot_chunk_bytes: Option<usize>,
     /// Most the leader's ingest time may differ from its voters' majority clock, in ms
     /// (100 to 600000).
     #[arg(long, env = "TALLY_RAFT_MAX_CLOCK_SKEW_MS")]
@@ -194,6 +255,54 @@ pub struct ServeArgs {
     /// Serve requests without a token with every role (true/false).
     #[arg(long, env = "TALLY_AUTH_ALLOW_ANONYMOUS")]
     pub allow_anonymous: Option<bool>,
+    /// Distinct keys a tenant may hold in one aggregate bucket; further keys fold into
+    /// the tenant's "__other__" key. Stamped into the entries this node proposes as leader.
+    #[arg(long, env = "TALLY_ANALYTICS_MAX_KEYS_PER_TENANT_BUCKET")]
+    pub analytics_max_keys_per_tenant_bucket: Option<u32>,
+    /// Distinct tenants one aggregate bucket may hold; further tenants fold into the
+    /// all-"__other__" key. Stamped into the entries this node proposes as leader.
+    #[arg(long, env = "TALLY_ANALYTICS_MAX_TENANTS_PER_BUCKET")]
+    pub analytics_max_tenants_per_bucket: Option<u32>,
+    /// Most bytes of encoded rows a /v1/sql answer carries (1 KiB to 1 GiB; more are cut,
+    /// and the answer says so).
+    #[arg(long, env = "TALLY_SQL_MAX_RESULT_BYTES")]
+    pub sql_max_result_bytes: Option<usize>,
+    /// /v1/sql queries running at once on this node (1 to 64); more get 503 at once.
+    #[arg(long, env = "TALLY_SQL_MAX_CONCURRENT")]
+    pub sql_max_concurrent: Option<usize>,
+    /// Most open HTTP connections (clients and peers); at the limit the oldest idle one
+    /// gives way.
+    #[arg(long, env = "TALLY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Time a connection has to send a complete request head, in ms.
+    #[arg(long, env = "TALLY_HTTP_HEADER_READ_TIMEOUT_MS")]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Time a request body has to arrive, in ms (408 after it).
+    #[arg(long, env = "TALLY_HTTP_BODY_READ_TIMEOUT_MS")]
+    pub http_body_read_timeout_ms: Option<u64>,
+    /// Time a keep-alive connection may stay idle, in ms.
+    #[arg(long, env = "TALLY_HTTP_IDLE_TIMEOUT_MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// Requests served at once, Raft RPC and health probes not counted (below
+    /// http.max_connections); more get 503 at once.
+    #[arg(long, env = "TALLY_HTTP_MAX_REQUESTS_IN_FLIGHT")]
+    pub http_max_requests_in_flight: Option<usize>,
+    /// Bytes of ingest bodies read but not yet answered (at least ingest.max_body_bytes);
+    /// beyond them, 503 at once.
+    #[arg(long, env = "TALLY_INGEST_MAX_BYTES_IN_FLIGHT")]
+    pub ingest_max_bytes_in_flight: Option<usize>,
+    /// This node's TLS certificate (PEM); with it the node serves HTTPS only.
+    #[arg(long, env = "TALLY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TALLY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) peers are verified against (PEM).
+    #[arg(long, env = "TALLY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Raft RPC and forwarded requests need a client certificate from the CA (default true).
+    #[arg(long, env = "TALLY_TLS_PEER_CLIENT_AUTH")]
+    pub tls_peer_client_auth: Option<bool>,
 }
 
 /// A node's effective configuration.
@@ -202,7 +311,12 @@ pub struct NodeConfig {
     pub listen: String,
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
+    pub max_requests_in_flight: usize,
+    pub max_ingest_bytes_in_flight: usize,
     pub sql: SqlLimits,
+    pub http: HttpLimits,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsServer>,
     pub node: NodeOptions,
 }
 
@@ -327,6 +441,30 @@ impl ServeArgs {
             }
             batcher.max_clock_skew_ms = ms;
         }
+        for (name, value, slot) in [
+            (
+                "analytics.max_keys_per_tenant_bucket",
+                self.analytics_max_keys_per_tenant_bucket
+                    .or(file.analytics.max_keys_per_tenant_bucket),
+                &mut batcher.key_caps.max_keys_per_tenant_bucket,
+            ),
+            (
+                "analytics.max_tenants_per_bucket",
+                self.analytics_max_tenants_per_bucket
+                    .or(file.analytics.max_tenants_per_bucket),
+                &mut batcher.key_caps.max_tenants_per_bucket,
+            ),
+        ] {
+            if let Some(n) = value {
+                if !(1..=MAX_KEY_CAP).contains(&n) {
+                    bail!(
+                        "{name} must be between 1 and {MAX_KEY_CAP}: it bounds the distinct \
+                         keys held in memory per aggregate bucket (got {n})"
+                    );
+                }
+                *slot = n;
+            }
+        }
         let max_body_bytes = self
             .max_body_bytes
             .or(file.ingest.max_body_bytes)
@@ -370,7 +508,67 @@ impl ServeArgs {
             }
             sql.max_rows = n;
         }
+        let snapshot_chunk_bytes = self
+            .snapshot_chunk_bytes
+            .or(file.raft.snapshot_chunk_bytes)
+            .unwrap_or(tally_raft::snapshot_transfer::CHUNK_BYTES);
+        let max_chunk = tally_raft::snapshot_transfer::MAX_CHUNK_BYTES;
+        if !(4096..=max_chunk).contains(&snapshot_chunk_bytes) {
+            bail!("raft.snapshot_chunk_bytes must be between 4096 and {max_chunk} (64 MiB), got {snapshot_chunk_bytes}");
+        }
+        let witness_max_log_bytes = self
+            .witness_max_log_bytes
+            .or(file.raft.witness_max_log_bytes)
+            .unwrap_or(tally_raft::options::DEFAULT_WITNESS_MAX_LOG_BYTES);
+        if witness_max_log_bytes < 1 << 20 {
+            bail!("raft.witness_max_log_bytes must be at least 1048576 (1 MiB), got {witness_max_log_bytes}");
+        }
+        if let Some(n) = self.sql_max_result_bytes.or(file.sql.max_result_bytes) {
+            if !SQL_RESULT_BYTES_RANGE.contains(&n) {
+                bail!(
+                    "sql.max_result_bytes must be between 1024 (1 KiB) and {} (1 GiB): each \
+                     answer is held in memory before it is sent (got {n})",
+                    SQL_RESULT_BYTES_RANGE.end()
+                );
+            }
+            sql.max_result_bytes = n;
+        }
+        let mut record_reads = tally_storage::records::ReadPoolOptions::default();
+        if let Some(n) = self.sql_max_concurrent.or(file.sql.max_concurrent) {
+            if !SQL_MAX_CONCURRENT_RANGE.contains(&n) {
+                bail!(
+                    "sql.max_concurrent must be between 1 and {}: each running query holds one \
+                     database connection of the read pool (got {n})",
+                    SQL_MAX_CONCURRENT_RANGE.end()
+                );
+            }
+            record_reads.max_concurrent = n;
+        }
+        let http = http_limits(
+            &file.http,
+            [
+                self.http_max_connections.map(|n| n as u64),
+                self.http_header_read_timeout_ms,
+                self.http_body_read_timeout_ms,
+                self.http_idle_timeout_ms,
+            ],
+        )?;
+        let tls_section = file.tls.unwrap_or_default();
+        let tls_files = tls_files(
+            self.tls_cert.or(tls_section.cert),
+            self.tls_key.or(tls_section.key),
+            self.tls_ca.or(tls_section.ca),
+            self.tls_peer_client_auth.or(tls_section.peer_client_auth),
+        )?;
+        let (tls, peer_tls) = match tls_files {
+            None => (None, None),
+            Some(files) => {
+                let (server, peer) = files.load()?;
+                (Some(server), Some(peer))
+            }
+        };
         let record_store = self.record_store.or(file.record_store);
+        record_reads.url = self.record_store_read.or(file.record_store_read);
         if role == Role::Data && record_store.is_none() {
             tracing::warn!("no record_store configured: events are counted and replicated but not written to SQL tables");
         }
@@ -386,11 +584,40 @@ impl ServeArgs {
             self.allow_anonymous.or(file.auth.allow_anonymous),
             &listen,
         )?;
+        check_read_url(role, record_store.as_deref(), record_reads.url.as_deref())?;
+        // Default: 512, or half the connections when there are fewer than 1024.
+        let max_requests_in_flight = self
+            .http_max_requests_in_flight
+            .or(file.http.max_requests_in_flight)
+            .unwrap_or(tally_api::in_flight::DEFAULT_MAX_REQUESTS.min(http.max_connections / 2));
+        if max_requests_in_flight == 0 || max_requests_in_flight >= http.max_connections {
+            bail!(
+                "http.max_requests_in_flight must be at least 1 and below http.max_connections \
+                 ({}): a connection serving a request is never closed to make room, so the \
+                 requests must leave some connections free (got {max_requests_in_flight})",
+                http.max_connections
+            );
+        }
+        let max_ingest_bytes_in_flight = self
+            .ingest_max_bytes_in_flight
+            .or(file.ingest.max_bytes_in_flight)
+            .unwrap_or(tally_api::in_flight::DEFAULT_MAX_INGEST_BYTES.max(max_body_bytes));
+        if !(max_body_bytes..=MAX_INGEST_BYTES_IN_FLIGHT).contains(&max_ingest_bytes_in_flight) {
+            bail!(
+                "ingest.max_bytes_in_flight must be between ingest.max_body_bytes \
+                 ({max_body_bytes}) and {MAX_INGEST_BYTES_IN_FLIGHT} (4 GiB), got \
+                 {max_ingest_bytes_in_flight}"
+            );
+        }
         Ok(NodeConfig {
             auth,
+            max_requests_in_flight,
+            max_ingest_bytes_in_flight,
             listen,
             sql,
             max_body_bytes,
+            http,
+            tls,
             node: NodeOptions {
                 id,
                 role,
@@ -409,8 +636,12 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_LOG_KEEP),
                 batcher,
                 record_store,
+                record_reads,
                 sink,
                 source_ip,
+                snapshot_chunk_bytes,
+                witness_max_log_bytes,
+                peer_tls,
                 witness_max_log_entries: self
                     .witness_max_log_entries
                     .or(file.raft.witness_max_log_entries)
@@ -517,6 +748,115 @@ fn is_loopback(listen: &str) -> bool {
     listen
         .rsplit_once(':')
         .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+/// `record_store_read` makes sense only beside a MySQL/MariaDB `record_store`; without it a
+/// MySQL store serves `/v1/sql` as the sink's own user, which deserves a warning.
+fn check_read_url(role: Role, store: Option<&str>, read: Option<&str>) -> Result<()> {
+    let is_mysql = |url: &str| url.starts_with("mysql://") || url.starts_with("mariadb://");
+    match (store, read) {
+        (None, Some(_)) if role == Role::Data => {
+            bail!("record_store_read is set but record_store is not: set both, or neither")
+        }
+        (Some(store), Some(read)) if !is_mysql(store) || !is_mysql(read) => bail!(
+            "record_store_read ({}) needs a MySQL/MariaDB record_store and must itself be a \
+             mysql:// URL: it names the user /v1/sql reads the same database as; SQLite read \
+             connections are already opened read-only",
+            tally_storage::records::redact_url(read)
+        ),
+        (Some(store), None) if role == Role::Data && is_mysql(store) => {
+            tracing::warn!(
+                "record_store_read is not set: /v1/sql runs as the sink's own database user \
+                 (in read-only transactions); give it a user with SELECT rights only \
+                 (docs/sql.md, \"A read-only user\")"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Fewest connections `http.max_connections` allows: peers alone hold a few.
+pub const MIN_HTTP_CONNECTIONS: usize = 16;
+
+/// `[http]` over its defaults; `flags`: max_connections and the three timeouts (ms), in
+/// the section's order, each over the file's.
+fn http_limits(file: &HttpSection, flags: [Option<u64>; 4]) -> Result<HttpLimits> {
+    let mut limits = HttpLimits::default();
+    let [max, header, body, idle] = flags;
+    if let Some(n) = max.or(file.max_connections.map(|n| n as u64)) {
+        if n < MIN_HTTP_CONNECTIONS as u64 {
+            bail!("http.max_connections must be at least {MIN_HTTP_CONNECTIONS} (got {n})");
+        }
+        limits.max_connections = usize::try_from(n).context("http.max_connections")?;
+    }
+    let timeouts = [
+        (
+            "header_read_timeout_ms",
+            header.or(file.header_read_timeout_ms),
+            600_000,
+            &mut limits.header_read_timeout,
+        ),
+        (
+            "body_read_timeout_ms",
+            body.or(file.body_read_timeout_ms),
+            3_600_000,
+            &mut limits.body_read_timeout,
+        ),
+        (
+            "idle_timeout_ms",
+            idle.or(file.idle_timeout_ms),
+            86_400_000,
+            &mut limits.idle_timeout,
+        ),
+    ];
+    for (key, value, max_ms, slot) in timeouts {
+        if let Some(ms) = value {
+            if !(100..=max_ms).contains(&ms) {
+                bail!("http.{key} must be between 100 and {max_ms} (got {ms})");
+            }
+            *slot = std::time::Duration::from_millis(ms);
+        }
+    }
+    Ok(limits)
+}
+
+/// `[tls]`: none of cert, key and ca (plain HTTP), or all three.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    peer_client_auth: Option<bool>,
+) -> Result<Option<TlsFiles>> {
+    match (cert, key, ca) {
+        (None, None, None) => {
+            if peer_client_auth.is_some() {
+                bail!("tls.peer_client_auth is set but tls.cert, tls.key and tls.ca are not: without them the node serves plain HTTP");
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            ca,
+            peer_client_auth: peer_client_auth.unwrap_or(true),
+        })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("cert", cert.is_none()),
+                ("key", key.is_none()),
+                ("ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(k, _)| k)
+            .collect();
+            bail!(
+                "[tls] needs cert, key and ca together; missing: {} (set them in [tls], or --tls-cert/--tls-key/--tls-ca, or TALLY_TLS_*)",
+                missing.join(", ")
+            )
+        }
+    }
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -688,6 +1028,53 @@ witnesses = [3]
     }
 
     #[test]
+    fn key_caps_come_from_file_or_flags_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let defaults = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            defaults.node.batcher.key_caps,
+            tally_analytics::KeyCaps::default()
+        );
+
+        std::fs::write(
+            &path,
+            format!(
+                "{DOCUMENTED_EXAMPLE}\n[analytics]\nmax_keys_per_tenant_bucket = 7\nmax_tenants_per_bucket = 3\n"
+            ),
+        )
+        .unwrap();
+        let resolve = |keys: Option<u32>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                analytics_max_keys_per_tenant_bucket: keys,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let caps = resolve(None).unwrap().node.batcher.key_caps;
+        assert_eq!(
+            (caps.max_keys_per_tenant_bucket, caps.max_tenants_per_bucket),
+            (7, 3)
+        );
+        let caps = resolve(Some(50)).unwrap().node.batcher.key_caps;
+        assert_eq!(caps.max_keys_per_tenant_bucket, 50, "the flag wins");
+        for bad in [0, MAX_KEY_CAP + 1] {
+            let err = resolve(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("analytics.max_keys_per_tenant_bucket must be between 1 and"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn witness_role_must_match_witness_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
@@ -792,5 +1179,267 @@ witnesses = [3]
         assert_eq!(entry.roles, ["ingest", "read"]);
         assert_eq!(entry.tenant.as_deref(), Some("acme.com"));
         assert!(parse_token_flag("gw:abc").is_err());
+    }
+
+    #[test]
+    fn sql_bounds_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let with = |bytes: Option<usize>, concurrent: Option<usize>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                sql_max_result_bytes: bytes,
+                sql_max_concurrent: concurrent,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let defaults = with(None, None).unwrap();
+        assert_eq!(defaults.sql.max_result_bytes, 8 << 20);
+        assert_eq!(defaults.node.record_reads.max_concurrent, 4);
+        assert_eq!(with(Some(1024), None).unwrap().sql.max_result_bytes, 1024);
+        assert_eq!(
+            with(Some(1 << 30), None).unwrap().sql.max_result_bytes,
+            1 << 30
+        );
+        for bad in [0, 1023, (1 << 30) + 1] {
+            let err = with(Some(bad), None).unwrap_err().to_string();
+            assert!(err.contains("sql.max_result_bytes must be"), "{bad}: {err}");
+        }
+        assert_eq!(
+            with(None, Some(1))
+                .unwrap()
+                .node
+                .record_reads
+                .max_concurrent,
+            1
+        );
+        for bad in [0, 65] {
+            let err = with(None, Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("sql.max_concurrent must be"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_read_url_is_mysql_only_and_never_shown_with_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let read = "mysql://tally_ro:hush?hush@127.0.0.1:3306/tally";
+        std::fs::write(
+            &path,
+            DOCUMENTED_EXAMPLE.replace(
+                "record_store = ",
+                &format!("record_store_read = \"{read}\"\nrecord_store = "),
+            ),
+        )
+        .unwrap();
+        let args = |store: Option<&str>| ServeArgs {
+            config: Some(path.clone()),
+            record_store: store.map(Into::into),
+            ..Default::default()
+        };
+        let cfg = args(None).resolve().unwrap();
+        assert_eq!(cfg.node.record_reads.url.as_deref(), Some(read));
+        let err = format!(
+            "{:#}",
+            args(Some("sqlite:///tmp/r.db")).resolve().unwrap_err()
+        );
+        assert!(err.contains("needs a MySQL/MariaDB record_store"), "{err}");
+        assert!(!err.contains("hush"), "{err}");
+        // The variable and the flag name it too.
+        let cfg = ServeArgs {
+            config: Some(path.clone()),
+            record_store_read: Some("mysql://other@h/tally".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            cfg.node.record_reads.url.as_deref(),
+            Some("mysql://other@h/tally")
+        );
+    }
+
+    #[test]
+    fn in_flight_bounds_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let with = |requests: Option<usize>, bytes: Option<usize>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                http_max_requests_in_flight: requests,
+                ingest_max_bytes_in_flight: bytes,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let cfg = with(None, None).unwrap();
+        assert_eq!(cfg.max_requests_in_flight, 512);
+        assert_eq!(cfg.max_ingest_bytes_in_flight, 256 << 20);
+        assert_eq!(
+            with(Some(1), Some(8 << 20)).unwrap().max_requests_in_flight,
+            1
+        );
+        for (requests, bytes, says) in [
+            (Some(0), None, "http.max_requests_in_flight"),
+            (Some(1024), None, "below http.max_connections"),
+            (None, Some((8 << 20) - 1), "ingest.max_bytes_in_flight"),
+            (
+                None,
+                Some(MAX_INGEST_BYTES_IN_FLIGHT + 1),
+                "ingest.max_bytes_in_flight",
+            ),
+        ] {
+            let err = with(requests, bytes).unwrap_err().to_string();
+            assert!(err.contains(says), "{requests:?} {bytes:?}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod http_and_tls_tests {
+    use super::*;
+    use tally_testkit::pki::TestCa;
+
+    const BASE: &str = r#"
+id = 1
+listen = "127.0.0.1:7101"
+data_dir = "/tmp/tally-config-test"
+[cluster]
+secret = "s"
+"#;
+
+    fn resolve(dir: &Path, extra: &str) -> Result<NodeConfig> {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+    }
+
+    fn err(dir: &Path, extra: &str) -> String {
+        format!("{:#}", resolve(dir, extra).unwrap_err())
+    }
+
+    #[test]
+    fn http_bounds_have_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = resolve(dir.path(), "").unwrap();
+        assert_eq!(cfg.http, HttpLimits::default());
+        assert_eq!(cfg.http.max_connections, 1024);
+        assert!(cfg.tls.is_none() && cfg.node.peer_tls.is_none());
+        let cfg = resolve(
+            dir.path(),
+            "[http]\nmax_connections = 200\nheader_read_timeout_ms = 700\nbody_read_timeout_ms = 900\nidle_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.http.max_connections, 200);
+        assert_eq!(cfg.http.header_read_timeout.as_millis(), 700);
+        assert_eq!(cfg.http.body_read_timeout.as_millis(), 900);
+        assert_eq!(cfg.http.idle_timeout.as_millis(), 1000);
+        // Flags win over the file.
+        let path = dir.path().join("node.toml");
+        let cfg = ServeArgs {
+            config: Some(path),
+            http_max_connections: Some(300),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.http.max_connections, 300);
+        for (extra, want) in [
+            (
+                "[http]\nmax_connections = 3\n",
+                "http.max_connections must be at least 16",
+            ),
+            (
+                "[http]\nheader_read_timeout_ms = 0\n",
+                "http.header_read_timeout_ms must be between 100",
+            ),
+            (
+                "[http]\nbody_read_timeout_ms = 99\n",
+                "http.body_read_timeout_ms must be between 100",
+            ),
+            (
+                "[http]\nidle_timeout_ms = 100000000000\n",
+                "http.idle_timeout_ms must be between 100",
+            ),
+            ("[http]\nmax_conections = 20\n", "max_conections"),
+        ] {
+            let e = err(dir.path(), extra);
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+    }
+
+    /// `[tls]` text for files in `dir` named `<stem>.crt` / `.key` and `ca.crt`.
+    fn tls_section(dir: &Path, stem: &str, peer_client_auth: bool) -> String {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\npeer_client_auth = {peer_client_auth}\n",
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+            dir.join("ca.crt"),
+        )
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = TestCa::new("test CA").unwrap();
+        ca.write_cert(&d.join("ca.crt")).unwrap();
+        let node = ca.issue("node 1", &["127.0.0.1"]).unwrap();
+        node.write(d, "node").unwrap();
+
+        let cfg = resolve(d, &tls_section(d, "node", true)).unwrap();
+        assert!(cfg.tls.is_some() && cfg.node.peer_tls.is_some());
+        assert_eq!(cfg.node.peer_http().scheme(), "https");
+        // peer_client_auth defaults to on.
+        let section = tls_section(d, "node", true).replace("peer_client_auth = true\n", "");
+        assert!(
+            format!("{:?}", resolve(d, &section).unwrap().tls).contains("peer_client_auth: true")
+        );
+
+        // Only some of the files.
+        let e = err(d, &format!("[tls]\ncert = {:?}\n", d.join("node.crt")));
+        assert!(e.contains("missing: key, ca"), "{e}");
+        let e = err(d, "[tls]\npeer_client_auth = false\n");
+        assert!(e.contains("plain HTTP"), "{e}");
+        // A file that is not there.
+        let e = err(d, &tls_section(d, "absent", true));
+        assert!(
+            e.contains("tls.cert") && e.contains("absent.crt") && e.contains("cannot read"),
+            "{e}"
+        );
+        // A key that belongs to another certificate.
+        let other = ca.issue("node 2", &["127.0.0.1"]).unwrap();
+        std::fs::write(d.join("mixed.crt"), &node.cert_pem).unwrap();
+        std::fs::write(d.join("mixed.key"), &other.key_pem).unwrap();
+        let e = err(d, &tls_section(d, "mixed", false));
+        assert!(
+            e.contains("tls.key") && e.contains("does not go with tls.cert"),
+            "{e}"
+        );
+        // A CA file that holds no certificate.
+        std::fs::write(d.join("ca.crt"), "not a certificate\n").unwrap();
+        let e = err(d, &tls_section(d, "node", true));
+        assert!(
+            e.contains("tls.ca") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        // With peer_client_auth, a node certificate from another CA is refused up front.
+        ca.write_cert(&d.join("ca.crt")).unwrap();
+        TestCa::new("another CA")
+            .unwrap()
+            .issue("stranger", &["127.0.0.1"])
+            .unwrap()
+            .write(d, "stranger")
+            .unwrap();
+        let e = err(d, &tls_section(d, "stranger", true));
+        assert!(e.contains("peers would refuse it"), "{e}");
+        assert!(resolve(d, &tls_section(d, "stranger", false)).is_ok());
     }
 }

@@ -97,7 +97,11 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 anonymous: true,
             },
             max_body_bytes: 8 << 20,
+            max_requests_in_flight: tally_api::in_flight::DEFAULT_MAX_REQUESTS,
+            max_ingest_bytes_in_flight: tally_api::in_flight::DEFAULT_MAX_INGEST_BYTES,
             sql: tally_api::SqlLimits::default(),
+            http: tally_api::server::HttpLimits::default(),
+            tls: None,
             node: NodeOptions {
                 id: *id,
                 role: if witnesses.contains(id) {
@@ -114,9 +118,13 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
                 log_keep_behind_snapshot: DEFAULT_LOG_KEEP,
                 batcher: BatcherConfig::default(),
                 record_store: Some(records.clone()),
+                record_reads: Default::default(),
                 sink: SinkConfig::default(),
                 source_ip: None,
+                snapshot_chunk_bytes: tally_raft::snapshot_transfer::CHUNK_BYTES,
+                peer_tls: None,
                 witness_max_log_entries: tally_raft::node::DEFAULT_WITNESS_MAX_LOG_ENTRIES,
+                witness_max_log_bytes: tally_raft::options::DEFAULT_WITNESS_MAX_LOG_BYTES,
             },
         };
         let node = RunningNode::start(cfg).await.with_context(|| {

@@ -24,8 +24,12 @@ impl RunningNode {
         if let Some(store) = &cfg.node.record_store {
             tracing::info!(record_store = %redact(store), "record store configured");
         }
+        if let Some(read) = &cfg.node.record_reads.url {
+            tracing::info!(record_store_read = %redact(read), "SQL reads use their own database user");
+        }
+        crate::fds::check_budget(cfg.http.max_connections, crate::fds::raise_nofile_limit()?)?;
         // Bind first: a node that cannot listen should fail before touching its log.
-        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        let listener = tally_api::server::bind(&cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         let addr = listener.local_addr()?;
@@ -38,19 +42,26 @@ impl RunningNode {
             Limits {
                 max_body_bytes: cfg.max_body_bytes,
                 sql: cfg.sql.clone(),
+                max_requests_in_flight: cfg.max_requests_in_flight,
+                max_ingest_bytes_in_flight: cfg.max_ingest_bytes_in_flight,
             },
             &cfg.auth,
         )?;
         let app = tally_api::router(state);
         let (stop, mut stopped) = watch::channel(false);
+        let options = tally_api::server::ServeOptions {
+            limits: cfg.http.clone(),
+            tls: cfg.tls.clone(),
+            secret: cfg.node.secret.clone().into(),
+        };
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            tally_api::server::serve(listener, app, options, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
         });
-        tracing::info!(id = node.id, role = node.role.as_str(), %addr, "node serving");
+        let scheme = cfg.node.peer_http().scheme();
+        tracing::info!(id = node.id, role = node.role.as_str(), %addr, scheme, "node serving");
         Ok(RunningNode { node, stop, server })
     }
 
@@ -87,13 +98,14 @@ async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
     // Peers reach a voter at its listed address: only there can this node's lost votes
     // matter (a node coming back at a new address is re-added there by one request).
     let own_addr = cfg.node.members.get(&id).unwrap_or(&cfg.listen).clone();
-    let http = reqwest::Client::builder()
-        .no_proxy()
+    let peers = cfg.node.peer_http();
+    let http = peers
+        .client(std::time::Duration::from_secs(1))
         .timeout(std::time::Duration::from_secs(1))
         .build()?;
     for (peer, addr) in cfg.node.members.iter().filter(|(p, _)| **p != id) {
         let request = http
-            .get(format!("http://{addr}/v1/cluster"))
+            .get(peers.url(addr, "/v1/cluster"))
             .header(tally_raft::rpc::SECRET_HEADER, &cfg.node.secret);
         let Ok(resp) = request.send().await else {
             continue;
@@ -123,19 +135,18 @@ async fn refuse_amnesiac_voter(cfg: &NodeConfig) -> Result<()> {
                 "node {id} starts with an empty data_dir, but the cluster (asked node {peer} at {addr}) \
                  still lists it as a voter: its log and votes are lost, and voting again could elect a \
                  node that lacks acknowledged writes. Remove it first (`tally cluster remove --node \
-                 http://{addr} --id {id}`), then start it and add it back (`tally cluster add … --id {id}`)."
+                 {}://{addr} --id {id}`), then start it and add it back (`tally cluster add … --id {id}`).",
+                peers.scheme()
             );
         }
     }
     Ok(())
 }
 
-/// `user:password@` removed from a URL before it is logged.
+/// The password removed from a URL before it is logged (the record store's rule, so logs
+/// and error messages agree).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    tally_storage::records::redact_url(url)
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -223,8 +234,15 @@ mod tests {
     fn redacts_credentials() {
         assert_eq!(
             super::redact("mysql://u:p@h:3306/db"),
-            "mysql://***@h:3306/db"
+            "mysql://u:***@h:3306/db"
         );
         assert_eq!(super::redact("sqlite:///x.db"), "sqlite:///x.db");
+        for (url, password) in [
+            ("mysql://u:p?a@h/db", "p?a"),
+            ("mysql://u:p@ss@h/db", "p@ss"),
+            ("mysql://u:p%40@h/db?socket=/x@y", "p%40"),
+        ] {
+            assert!(!super::redact(url).contains(password), "{url}");
+        }
     }
 }

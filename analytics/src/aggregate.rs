@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::AnalyticsError;
 use crate::event::{Event, Kind};
+use crate::overflow::{BucketIndex, Fold, KeyCaps, OTHER};
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -241,29 +242,129 @@ impl GroupKey {
     }
 }
 
+/// Where an event was counted at minute, hour and day (`Granularity::ALL` order). The
+/// record-store sink writes the usage rows under the same keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folds(pub [Fold; 3]);
+
+impl Folds {
+    pub fn get(&self, granularity: Granularity) -> Fold {
+        self.0[granularity as usize]
+    }
+}
+
+/// Events folded into overflow keys, per granularity since the state began. Replicated
+/// (part of the digest and snapshots): every replica counts the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverflowCounts {
+    pub minute: u64,
+    pub hour: u64,
+    pub day: u64,
+}
+
+impl OverflowCounts {
+    pub fn get(&self, granularity: Granularity) -> u64 {
+        match granularity {
+            Granularity::Minute => self.minute,
+            Granularity::Hour => self.hour,
+            Granularity::Day => self.day,
+        }
+    }
+
+    pub(crate) fn count(&mut self, granularity: Granularity) {
+        let slot = match granularity {
+            Granularity::Minute => &mut self.minute,
+            Granularity::Hour => &mut self.hour,
+            Granularity::Day => &mut self.day,
+        };
+        *slot = slot.saturating_add(1);
+    }
+}
+
+impl GroupKey {
+    /// An overflow key: every field but the tenant is `__other__`.
+    pub fn is_overflow(&self) -> bool {
+        [
+            &self.api_name,
+            &self.api_version,
+            &self.application_id,
+            &self.resource,
+            &self.method,
+        ]
+        .iter()
+        .all(|field| field.as_str() == OTHER)
+    }
+
+    /// The key an event of `self` is counted under after `fold`.
+    pub fn folded(&self, fold: Fold) -> GroupKey {
+        let other = || OTHER.to_string();
+        match fold {
+            Fold::Own => self.clone(),
+            Fold::TenantOther => GroupKey {
+                tenant: self.tenant.clone(),
+                api_name: other(),
+                api_version: other(),
+                application_id: other(),
+                resource: other(),
+                method: other(),
+            },
+            Fold::AllOther => GroupKey {
+                tenant: other(),
+                api_name: other(),
+                api_version: other(),
+                application_id: other(),
+                resource: other(),
+                method: other(),
+            },
+        }
+    }
+}
+
 pub(crate) type BucketMap = BTreeMap<i64, BTreeMap<GroupKey, Measures>>;
 
-/// All buckets of one granularity, with a row counter kept alongside so `stats` does
-/// not have to walk the map. Serializes as the bare map (the counter is derived).
+/// All buckets of one granularity. Beside the rows it keeps derived bookkeeping (never
+/// serialized, rebuilt when a snapshot loads): a row counter so `stats` does not walk the
+/// map, each bucket's tenants for the key cap, and how many rows are overflow keys.
+/// Serializes as the bare map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Series {
     buckets: BucketMap,
+    index: BTreeMap<i64, BucketIndex>,
     rows: usize,
+    overflow_rows: usize,
 }
 
 impl Series {
-    /// Counts `event` into the bucket starting at `bucket_ms` under `key`.
-    pub fn add(&mut self, bucket_ms: i64, key: &GroupKey, event: &Event) {
+    /// Counts `event` into the bucket starting at `bucket_ms`: under `key` if the bucket
+    /// holds it or `caps` admit it, else under the overflow key `caps` send it to.
+    /// Returns where it was counted.
+    pub fn add(&mut self, bucket_ms: i64, key: &GroupKey, event: &Event, caps: &KeyCaps) -> Fold {
         let rows = self.buckets.entry(bucket_ms).or_default();
         // Look up first: cloning the key for `entry` on every event would be wasteful.
         if let Some(measures) = rows.get_mut(key) {
             measures.add(event);
-        } else {
-            let mut measures = Measures::default();
-            measures.add(event);
-            rows.insert(key.clone(), measures);
-            self.rows += 1;
+            return Fold::Own;
         }
+        let index = self.index.entry(bucket_ms).or_default();
+        let fold = index.place(&key.tenant, key.is_overflow(), caps);
+        let target = match fold {
+            Fold::Own => key.clone(),
+            folded => {
+                let target = key.folded(folded);
+                if let Some(measures) = rows.get_mut(&target) {
+                    measures.add(event);
+                    return fold;
+                }
+                target
+            }
+        };
+        let mut measures = Measures::default();
+        measures.add(event);
+        index.insert(&target.tenant, target.is_overflow());
+        self.rows += 1;
+        self.overflow_rows += usize::from(target.is_overflow());
+        rows.insert(target, measures);
+        fold
     }
 
     /// Drops every bucket that starts before `cutoff_ms`. Costs only what it removes.
@@ -272,7 +373,11 @@ impl Series {
             if *entry.key() >= cutoff_ms {
                 break;
             }
-            self.rows -= entry.remove().len();
+            let bucket_ms = *entry.key();
+            let rows = entry.remove();
+            self.rows -= rows.len();
+            self.overflow_rows -= rows.keys().filter(|k| k.is_overflow()).count();
+            self.index.remove(&bucket_ms);
         }
     }
 
@@ -284,9 +389,28 @@ impl Series {
         self.rows
     }
 
+    /// Rows whose key is an overflow key (see [`crate::overflow`]).
+    pub fn overflow_rows(&self) -> usize {
+        self.overflow_rows
+    }
+
     pub fn from_buckets(buckets: BucketMap) -> Self {
-        let rows = buckets.values().map(BTreeMap::len).sum();
-        Series { buckets, rows }
+        let mut index: BTreeMap<i64, BucketIndex> = BTreeMap::new();
+        let (mut rows, mut overflow_rows) = (0, 0);
+        for (&bucket_ms, keys) in &buckets {
+            let bucket = index.entry(bucket_ms).or_default();
+            for key in keys.keys() {
+                bucket.insert(&key.tenant, key.is_overflow());
+                overflow_rows += usize::from(key.is_overflow());
+            }
+            rows += keys.len();
+        }
+        Series {
+            buckets,
+            index,
+            rows,
+            overflow_rows,
+        }
     }
 }
 

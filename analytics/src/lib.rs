@@ -36,6 +36,10 @@
 //!   how events were split into entries). Event times are validated to lie in
 //!   2000..2200; buckets *ahead* of ingest time are only evicted once ingest time catches
 //!   up, so the proposer should reject events too far in the future before proposing.
+//!   Within a bucket the number of distinct keys is capped per tenant and the number of
+//!   tenants per bucket ([`KeyCaps`], see the `overflow` module): further keys fold into
+//!   `"__other__"` overflow keys, counted exactly as their own keys would have been. The
+//!   caps travel in the entry (proposer-stamped), never from local configuration.
 //! * **Total.** No input — a hostile body or a corrupt snapshot — can make this crate
 //!   panic; arithmetic on measures saturates.
 
@@ -43,6 +47,7 @@ mod aggregate;
 mod dedup;
 mod error;
 mod event;
+mod overflow;
 mod pending;
 #[cfg(feature = "chaos")]
 pub mod plant;
@@ -52,12 +57,15 @@ mod state;
 mod validate;
 
 pub use aggregate::{
-    AggregateQuery, AggregateRow, Granularity, KeyColumn, Measures, DAY_RETENTION_MS,
-    HOUR_RETENTION_MS, MINUTE_RETENTION_MS,
+    AggregateQuery, AggregateRow, Folds, Granularity, KeyColumn, Measures, OverflowCounts,
+    DAY_RETENTION_MS, HOUR_RETENTION_MS, MINUTE_RETENTION_MS,
 };
 pub use dedup::{DEDUP_MAX_IDS, DEDUP_WINDOW_MS};
 pub use error::AnalyticsError;
 pub use event::{BatchOutcome, Event, IngestBatch, Kind};
+pub use overflow::{
+    Fold, KeyCaps, DEFAULT_MAX_KEYS_PER_TENANT_BUCKET, DEFAULT_MAX_TENANTS_PER_BUCKET, OTHER,
+};
 pub use pending::{PendingEvent, PendingStatus, PENDING_CAP};
 pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 pub use state::{State, StateStats};

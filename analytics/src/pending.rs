@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::Folds;
 use crate::event::Event;
 
 /// Most events the queue holds; beyond this the oldest are dropped.
@@ -29,6 +30,9 @@ pub struct PendingEvent {
     /// The proposer's ingest time of that entry.
     pub ingest_ms: i64,
     pub event: Event,
+    /// Where `apply` counted it at each granularity (its own key or an overflow key); the
+    /// sink writes the usage rows under the same keys.
+    pub folds: Folds,
 }
 
 /// Where the sink stands, for the API and the leader's back-pressure.
@@ -51,7 +55,7 @@ pub(crate) struct PendingQueue {
 }
 
 impl PendingQueue {
-    pub fn push(&mut self, log_index: u64, ingest_ms: i64, event: &Event) {
+    pub fn push(&mut self, log_index: u64, ingest_ms: i64, event: &Event, folds: Folds) {
         if log_index <= self.cursor {
             // Already covered by a cursor (an entry re-applied after the cursor moved).
             return;
@@ -60,6 +64,7 @@ impl PendingQueue {
             log_index,
             ingest_ms,
             event: event.clone(),
+            folds,
         });
         while self.pending.len() > PENDING_CAP {
             self.pending.pop_front();
@@ -125,10 +130,10 @@ mod tests {
     #[test]
     fn take_keeps_entries_whole_and_reports_the_reached_index() {
         let mut q = PendingQueue::default();
-        q.push(3, 0, &ev("a"));
-        q.push(3, 0, &ev("b"));
-        q.push(5, 0, &ev("c"));
-        q.push(7, 0, &ev("d"));
+        q.push(3, 0, &ev("a"), Folds::default());
+        q.push(3, 0, &ev("b"), Folds::default());
+        q.push(5, 0, &ev("c"), Folds::default());
+        q.push(7, 0, &ev("d"), Folds::default());
         // One event asked for, but entry 3 holds two: both come, and the sink reaches 3.
         let (batch, upto) = q.take(0, 1, 9);
         assert_eq!(batch.len(), 2);
@@ -148,14 +153,14 @@ mod tests {
     fn advance_drops_the_covered_head_and_never_goes_back() {
         let mut q = PendingQueue::default();
         for (i, id) in [(1, "a"), (2, "b"), (4, "c")] {
-            q.push(i, 0, &ev(id));
+            q.push(i, 0, &ev(id), Folds::default());
         }
         q.advance(2);
         assert_eq!(q.status().pending_events, 1);
         assert_eq!(q.status().oldest_pending_index, Some(4));
         q.advance(1);
         assert_eq!(q.status().cursor, 2);
-        q.push(2, 0, &ev("late"));
+        q.push(2, 0, &ev("late"), Folds::default());
         assert_eq!(
             q.status().pending_events,
             1,

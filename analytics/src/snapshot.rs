@@ -7,10 +7,19 @@
 //! ```
 //!
 //! The body is bincode 2 (standard config, serde mode) of the applied index, the
-//! analytic state and the pending queue of events the record store may still lack (version 2 added it). Every collection in it is ordered (BTreeMap, the dedup queue), so the
-//! same state always encodes to the same bytes. The checksum makes a flipped bit an
-//! error rather than a silently different state; decoding then re-checks the invariants
-//! `apply` maintains. Bump [`SNAPSHOT_VERSION`] on any change to the body's shape.
+//! analytic state and the pending queue of events the record store may still lack. Every
+//! collection in it is ordered (BTreeMap, the dedup queue), so the same state always
+//! encodes to the same bytes. The checksum makes a flipped bit an error rather than a
+//! silently different state; decoding then re-checks the invariants `apply` maintains.
+//! Bump [`SNAPSHOT_VERSION`] on any change to the body's shape, and keep reading the
+//! previous one.
+//!
+//! Versions:
+//! * 2 — the pending queue joined the body.
+//! * 3 — the key cap: the analytic state ends with its overflow counters, and every
+//!   pending event with where it was counted (its folds). A version-2 body loads as a
+//!   state without overflow (zero counters, every pending event under its own key), which
+//!   is exactly what version 2 had applied.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,8 +31,10 @@ use crate::state::{Analytic, State};
 
 /// First bytes of every analytics snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYANS";
-/// Body format written by this build, and the only one it reads.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// Body format written by this build. It also reads [`PREVIOUS_VERSION`].
+pub const SNAPSHOT_VERSION: u32 = 3;
+/// The body format of the build before the key cap, still read.
+const PREVIOUS_VERSION: u32 = 2;
 
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
@@ -40,6 +51,85 @@ struct Body {
     applied_index: u64,
     analytic: Analytic,
     pending: PendingQueue,
+}
+
+/// The version-2 body, as the build before the key cap wrote it.
+mod v2 {
+    use std::collections::VecDeque;
+
+    use serde::Deserialize;
+
+    use crate::aggregate::Series;
+    use crate::aggregate::{Folds, OverflowCounts};
+    use crate::dedup::DedupWindow;
+    use crate::event::Event;
+    use crate::pending::{PendingEvent, PendingQueue};
+    use crate::state::Analytic;
+
+    #[derive(Deserialize)]
+    pub(super) struct Body {
+        applied_index: u64,
+        analytic: AnalyticV2,
+        pending: PendingQueueV2,
+    }
+
+    #[derive(Deserialize)]
+    struct AnalyticV2 {
+        high_water_ms: Option<i64>,
+        events_applied: u64,
+        dedup: DedupWindow,
+        minute: Series,
+        hour: Series,
+        day: Series,
+    }
+
+    #[derive(Deserialize)]
+    struct PendingQueueV2 {
+        cursor: u64,
+        pending: VecDeque<PendingEventV2>,
+        dropped: u64,
+    }
+
+    #[derive(Deserialize)]
+    struct PendingEventV2 {
+        log_index: u64,
+        ingest_ms: i64,
+        event: Event,
+    }
+
+    impl From<Body> for super::Body {
+        fn from(old: Body) -> super::Body {
+            let a = old.analytic;
+            let q = old.pending;
+            super::Body {
+                applied_index: old.applied_index,
+                analytic: Analytic {
+                    high_water_ms: a.high_water_ms,
+                    events_applied: a.events_applied,
+                    dedup: a.dedup,
+                    minute: a.minute,
+                    hour: a.hour,
+                    day: a.day,
+                    overflow: OverflowCounts::default(),
+                },
+                pending: PendingQueue {
+                    cursor: q.cursor,
+                    pending: q
+                        .pending
+                        .into_iter()
+                        .map(|p| PendingEvent {
+                            log_index: p.log_index,
+                            ingest_ms: p.ingest_ms,
+                            event: p.event,
+                            // Version 2 had no cap: everything was counted as itself.
+                            folds: Folds::default(),
+                        })
+                        .collect(),
+                    dropped: q.dropped,
+                },
+            }
+        }
+    }
 }
 
 fn corrupt(message: impl Into<String>) -> AnalyticsError {
@@ -79,7 +169,7 @@ impl State {
         }
         let (header, rest) = bytes.split_at(HEADER_LEN);
         let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != PREVIOUS_VERSION {
             return Err(AnalyticsError::SnapshotVersion {
                 found: version,
                 supported: SNAPSHOT_VERSION,
@@ -97,9 +187,11 @@ impl State {
             return Err(corrupt("checksum mismatch"));
         }
 
-        let (decoded, used): (Body, usize) =
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map_err(|err| corrupt(format!("undecodable body: {err}")))?;
+        let (decoded, used) = if version == PREVIOUS_VERSION {
+            decode_body::<v2::Body>(body).map(|(old, used)| (Body::from(old), used))?
+        } else {
+            decode_body::<Body>(body)?
+        };
         if used != body.len() {
             return Err(corrupt(format!(
                 "{} trailing bytes after the body",
@@ -116,6 +208,11 @@ impl State {
             pending: decoded.pending,
         })
     }
+}
+
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize), AnalyticsError> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|err| corrupt(format!("undecodable body: {err}")))
 }
 
 /// The pending queue is ordered by log index and holds nothing the cursor already covers.

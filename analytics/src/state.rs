@@ -4,13 +4,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::aggregate::{run_query, AggregateQuery, AggregateRow, Granularity, GroupKey, Series};
+use crate::aggregate::{Folds, OverflowCounts};
 use crate::dedup::DedupWindow;
 use crate::event::{BatchOutcome, IngestBatch};
+use crate::overflow::{Fold, KeyCaps};
 use crate::pending::{PendingEvent, PendingQueue, PendingStatus};
 
 /// Prefix hashed before the canonical encoding, so a digest can never be confused with
 /// the hash of some other structure (and changes if the digest scheme does).
-const DIGEST_DOMAIN: &[u8] = b"tally.analytics.digest.v1\0";
+/// v2: the state gained overflow counters (the key cap).
+const DIGEST_DOMAIN: &[u8] = b"tally.analytics.digest.v2\0";
 
 /// Everything that determines future behaviour and query answers. This is exactly what
 /// the digest covers; snapshots carry it plus the applied index.
@@ -26,6 +29,8 @@ pub(crate) struct Analytic {
     pub minute: Series,
     pub hour: Series,
     pub day: Series,
+    /// Events folded into overflow keys by the key cap, per granularity.
+    pub overflow: OverflowCounts,
 }
 
 impl Analytic {
@@ -73,6 +78,14 @@ pub struct StateStats {
     pub dedup_ids: usize,
     /// Events counted since the state began (duplicates excluded).
     pub events_applied: u64,
+    /// Events folded into overflow keys by the key cap since the state began.
+    pub overflow_events: OverflowCounts,
+    /// Rows (bucket × key) held at minute granularity whose key is an overflow key.
+    pub overflow_keys_minute: usize,
+    /// The same at hour granularity.
+    pub overflow_keys_hour: usize,
+    /// The same at day granularity.
+    pub overflow_keys_day: usize,
 }
 
 impl State {
@@ -105,16 +118,30 @@ impl State {
         self.analytic.high_water_ms
     }
 
-    /// Applies one committed ingest entry. Returns one outcome per request, in order.
+    /// Applies one committed ingest entry written before key caps existed: no cap, exactly
+    /// as that version applied it. Returns one outcome per request, in order.
+    pub fn apply(&mut self, log_index: u64, batch: &IngestBatch) -> Vec<BatchOutcome> {
+        self.apply_capped(log_index, batch, &KeyCaps::UNLIMITED)
+    }
+
+    /// Applies one committed ingest entry with the key caps its proposer stamped into it.
+    /// Returns one outcome per request, in order.
     ///
     /// Steps, all driven by the entry's bytes only:
     /// 1. raise the high-water ingest time to `batch.ingest_ms` if it is newer;
     /// 2. forget dedup ids older than the window and drop buckets past retention;
     /// 3. for each event: a remembered id is a duplicate; otherwise remember it and count
-    ///    it into the minute, hour and day bucket of its event time — skipping a
-    ///    granularity whose retention has already passed that bucket, so the result does
-    ///    not depend on how events were split into entries.
-    pub fn apply(&mut self, log_index: u64, batch: &IngestBatch) -> Vec<BatchOutcome> {
+    ///    it into the minute, hour and day bucket of its event time — under its own key, or
+    ///    the overflow key `caps` send it to in a full bucket — skipping a granularity whose
+    ///    retention has already passed that bucket, so the result does not depend on how
+    ///    events were split into entries; queue it for the record store with where it was
+    ///    counted.
+    pub fn apply_capped(
+        &mut self,
+        log_index: u64,
+        batch: &IngestBatch,
+        caps: &KeyCaps,
+    ) -> Vec<BatchOutcome> {
         let state = &mut self.analytic;
         let now = state
             .high_water_ms
@@ -138,14 +165,21 @@ impl State {
                     continue;
                 }
                 state.events_applied = state.events_applied.saturating_add(1);
-                self.pending.push(log_index, batch.ingest_ms, event);
                 let key = GroupKey::of(event);
-                for (granularity, cutoff) in cutoffs {
+                let mut folds = Folds::default();
+                for (slot, (granularity, cutoff)) in cutoffs.into_iter().enumerate() {
                     let bucket_ms = granularity.bucket_start(event.ts_ms);
                     if bucket_ms >= cutoff {
-                        state.series_mut(granularity).add(bucket_ms, &key, event);
+                        let fold = state
+                            .series_mut(granularity)
+                            .add(bucket_ms, &key, event, caps);
+                        if fold != Fold::Own {
+                            state.overflow.count(granularity);
+                        }
+                        folds.0[slot] = fold;
                     }
                 }
+                self.pending.push(log_index, batch.ingest_ms, event, folds);
             }
             outcomes.push(outcome);
         }
@@ -201,6 +235,10 @@ impl State {
             buckets_day: self.analytic.day.rows(),
             dedup_ids: self.analytic.dedup.len(),
             events_applied: self.analytic.events_applied,
+            overflow_events: self.analytic.overflow,
+            overflow_keys_minute: self.analytic.minute.overflow_rows(),
+            overflow_keys_hour: self.analytic.hour.overflow_rows(),
+            overflow_keys_day: self.analytic.day.overflow_rows(),
         }
     }
 }

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use tally_analytics::{
-    AggregateQuery, BatchOutcome, Event, Granularity, IngestBatch, KeyColumn, Kind, State,
+    AggregateQuery, BatchOutcome, Event, Granularity, IngestBatch, KeyCaps, KeyColumn, Kind, State,
 };
 
 /// 2024-05-01T12:00:00Z, the proposer's clock in these tests.
@@ -121,6 +121,32 @@ fn batches(entries: Vec<Vec<Vec<Event>>>, ingest: impl Fn(usize) -> i64) -> Vec<
         .collect()
 }
 
+fn apply_all_capped(state: &mut State, entries: &[IngestBatch], caps: &KeyCaps) {
+    for (i, entry) in entries.iter().enumerate() {
+        state.apply_capped(1 + i as u64, entry, caps);
+    }
+}
+
+/// Small caps, so that generated streams hit them often.
+fn caps_strategy() -> impl Strategy<Value = KeyCaps> {
+    (1u32..5, 1u32..3).prop_map(|(keys, tenants)| KeyCaps {
+        max_keys_per_tenant_bucket: keys,
+        max_tenants_per_bucket: tenants,
+    })
+}
+
+/// Requests per bucket, all keys together.
+fn bucket_totals(state: &State, granularity: Granularity) -> Vec<(i64, u64)> {
+    state
+        .query(&AggregateQuery {
+            group_by: vec![],
+            ..AggregateQuery::new(granularity)
+        })
+        .into_iter()
+        .map(|r| (r.bucket_ms, r.measures.requests))
+        .collect()
+}
+
 /// Everything a reader can ask, at every granularity and a few groupings.
 fn answers(state: &State) -> Vec<Vec<tally_analytics::AggregateRow>> {
     let mut out = Vec::new();
@@ -217,6 +243,39 @@ proptest! {
         let mut state = State::new();
         apply_all(&mut state, &entries, 1);
         prop_assert_eq!(answers(&state), answers(&reference(&plan, T)));
+    }
+
+    /// With key caps, any split and re-sending still gives the state of one entry; every
+    /// bucket's totals are those of the uncapped state; no bucket holds more rows than the
+    /// caps allow; and a snapshot restores the capped state exactly.
+    #[test]
+    fn capped_state_is_split_invariant_and_keeps_totals(
+        plan in plan_strategy(T - 4 * 24 * HOUR..T + HOUR),
+        caps in caps_strategy(),
+    ) {
+        let mut one = State::new();
+        one.apply_capped(1, &IngestBatch { ingest_ms: T, requests: vec![plan.stream.clone()] }, &caps);
+        let mut split = State::new();
+        apply_all_capped(&mut split, &batches(plan.entries(), |_| T), &caps);
+        prop_assert_eq!(split.digest(), one.digest());
+        prop_assert_eq!(answers(&split), answers(&one));
+        prop_assert_eq!(split.stats(), one.stats());
+        prop_assert_eq!(split.sink_pending(0, usize::MAX).0.len(), one.sink_pending(0, usize::MAX).0.len());
+
+        let uncapped = reference(&plan, T);
+        let bound = (caps.max_tenants_per_bucket as usize + 1) * (caps.max_keys_per_tenant_bucket as usize + 1);
+        for granularity in Granularity::ALL {
+            prop_assert_eq!(bucket_totals(&split, granularity), bucket_totals(&uncapped, granularity));
+            let rows = split.query(&AggregateQuery::new(granularity));
+            let mut per_bucket = std::collections::BTreeMap::new();
+            for row in &rows {
+                *per_bucket.entry(row.bucket_ms).or_insert(0usize) += 1;
+            }
+            prop_assert!(per_bucket.values().all(|&n| n <= bound));
+        }
+        let restored = State::decode_snapshot(&split.encode_snapshot()).unwrap();
+        prop_assert_eq!(&restored, &split);
+        prop_assert_eq!(restored.digest(), split.digest());
     }
 
     /// Arbitrary bytes behind valid magic never panic the decoder.

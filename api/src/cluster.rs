@@ -7,13 +7,19 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tally_protocol::NodeStatus;
+use tally_protocol::{NodeStatus, OverflowStatus};
 
 use crate::error::ApiError;
 use crate::AppState;
 
+/// The status lists the snapshot files, which reads the data directory: on a blocking
+/// thread, so a slow disk does not hold an async worker (and the Raft RPC it serves).
 pub async fn get_cluster(State(app): State<AppState>) -> Response {
-    axum::Json(app.node.status()).into_response()
+    let node = app.node.clone();
+    match tokio::task::spawn_blocking(move || node.status()).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(e) => ApiError::internal(format!("gathering the status failed: {e}")).into_response(),
+    }
 }
 
 pub async fn post_init(State(app): State<AppState>) -> Response {
@@ -130,6 +136,12 @@ fn render_metrics(s: &NodeStatus) -> String {
             "Entries held in the local Raft log.",
             "gauge",
             s.log.entries,
+        ),
+        (
+            "tally_log_bytes",
+            "Bytes of the entries held in the local Raft log.",
+            "gauge",
+            s.log.bytes,
         ),
         (
             "tally_log_first_index",
@@ -262,6 +274,7 @@ fn render_metrics(s: &NodeStatus) -> String {
         u64::from(s.clock.clamping),
     );
     render_clock_skew(&mut out, s);
+    render_overflow(&mut out, &s.state.overflow);
     out
 }
 
@@ -276,6 +289,83 @@ fn render_clock_skew(out: &mut String, s: &NodeStatus) {
     for peer in &s.clock.peers {
         if let Some(skew) = peer.skew_ms {
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {skew}", peer.id);
+        }
+    }
+}
+
+/// The distinct-key cap's metrics, one series per granularity.
+fn render_overflow(out: &mut String, o: &OverflowStatus) {
+    let families: [(&str, &str, &str, [u64; 3]); 2] = [
+        (
+            "tally_overflow_events_total",
+            "Events folded into an __other__ overflow key by the distinct-key cap.",
+            "counter",
+            [o.events_minute, o.events_hour, o.events_day],
+        ),
+        (
+            "tally_aggregate_overflow_keys",
+            "Aggregate rows held in memory whose key is an __other__ overflow key.",
+            "gauge",
+            [o.keys_minute, o.keys_hour, o.keys_day],
+        ),
+    ];
+    for (name, help, kind, values) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (granularity, value) in ["minute", "hour", "day"].iter().zip(values) {
+            let _ = writeln!(out, "{name}{{granularity=\"{granularity}\"}} {value}");
+        }
+    }
+    for (name, help, value) in [
+        (
+            "tally_key_cap_max_keys_per_tenant_bucket",
+            "Distinct keys per tenant and bucket this node stamps into entries it proposes.",
+            o.max_keys_per_tenant_bucket,
+        ),
+        (
+            "tally_key_cap_max_tenants_per_bucket",
+            "Distinct tenants per bucket this node stamps into entries it proposes.",
+            o.max_tenants_per_bucket,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_metrics_have_one_series_per_granularity() {
+        let mut out = String::new();
+        render_overflow(
+            &mut out,
+            &OverflowStatus {
+                events_minute: 5,
+                events_hour: 6,
+                events_day: 7,
+                keys_minute: 1,
+                keys_hour: 2,
+                keys_day: 3,
+                max_keys_per_tenant_bucket: 200,
+                max_tenants_per_bucket: 10,
+            },
+        );
+        for line in [
+            "# TYPE tally_overflow_events_total counter",
+            "tally_overflow_events_total{granularity=\"minute\"} 5",
+            "tally_overflow_events_total{granularity=\"day\"} 7",
+            "tally_aggregate_overflow_keys{granularity=\"hour\"} 2",
+            "tally_key_cap_max_keys_per_tenant_bucket 200",
+            "tally_key_cap_max_tenants_per_bucket 10",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line:?} missing in:\n{out}"
+            );
         }
     }
 }

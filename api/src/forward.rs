@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tally_raft::PeerHttp;
 
 use crate::error::ApiError;
 
@@ -20,23 +21,32 @@ pub const FORWARDED_HEADER: &str = "x-tally-forwarded-by";
 #[derive(Clone)]
 pub struct Forwarder {
     http: reqwest::Client,
+    peers: PeerHttp,
     self_id: u64,
 }
 
 impl Forwarder {
-    /// `source_ip`: the local address connections are made from (`None`: the OS picks).
-    pub fn new(self_id: u64, source_ip: Option<std::net::IpAddr>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .local_address(source_ip)
-            .connect_timeout(Duration::from_millis(500))
+    /// `peers`: scheme, TLS and source address of connections to peers.
+    pub fn new(self_id: u64, peers: PeerHttp) -> Result<Self, reqwest::Error> {
+        let http = peers
+            .client(Duration::from_millis(500))
             .timeout(Duration::from_secs(30))
             .build()?;
-        Ok(Forwarder { http, self_id })
+        Ok(Forwarder {
+            http,
+            peers,
+            self_id,
+        })
     }
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The URL of `path_and_query` on the member at `addr` (`http` or `https`, as the
+    /// cluster speaks).
+    pub fn url(&self, addr: &str, path_and_query: &str) -> String {
+        self.peers.url(addr, path_and_query)
     }
 
     /// [`Forwarder::forward`]; when `addr` is the leader's, the forward is given up as soon
@@ -83,7 +93,7 @@ impl Forwarder {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Response {
-        let url = format!("http://{addr}{path_and_query}");
+        let url = self.url(addr, path_and_query);
         // The chain of nodes that forwarded this request, this one last.
         let chain = match headers.get(FORWARDED_HEADER).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.is_empty() => format!("{prev},{}", self.self_id),

@@ -20,11 +20,13 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod forward;
+pub mod in_flight;
 pub mod ingest;
 pub mod members;
 mod params;
 pub mod raft_rpc;
 pub mod reads;
+pub mod server;
 pub mod sql;
 
 use std::sync::Arc;
@@ -48,6 +50,10 @@ pub struct Limits {
     /// Largest `POST /v1/events` body; larger ones get 413.
     pub max_body_bytes: usize,
     pub sql: SqlLimits,
+    /// Requests served at once (Raft RPC and health probes not counted); more get 503.
+    pub max_requests_in_flight: usize,
+    /// Bytes of ingest bodies read and not yet answered; beyond them, 503.
+    pub max_ingest_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +61,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 8 << 20,
             sql: SqlLimits::default(),
+            max_requests_in_flight: in_flight::DEFAULT_MAX_REQUESTS,
+            max_ingest_bytes_in_flight: in_flight::DEFAULT_MAX_INGEST_BYTES,
         }
     }
 }
@@ -66,6 +74,7 @@ pub struct AppState {
     pub forwarder: Forwarder,
     pub secret: Arc<str>,
     pub auth: Arc<Authenticator>,
+    pub in_flight: Arc<in_flight::InFlight>,
     pub limits: Limits,
 }
 
@@ -73,8 +82,12 @@ impl AppState {
     pub fn new(node: Arc<Node>, limits: Limits, auth: &AuthConfig) -> Result<Self, reqwest::Error> {
         let secret: Arc<str> = node.options.secret.clone().into();
         Ok(AppState {
-            forwarder: Forwarder::new(node.id, node.options.source_ip)?,
+            forwarder: Forwarder::new(node.id, node.options.peer_http())?,
             auth: Arc::new(Authenticator::new(auth, secret.clone())),
+            in_flight: Arc::new(in_flight::InFlight::new(
+                limits.max_requests_in_flight,
+                limits.max_ingest_bytes_in_flight,
+            )),
             secret,
             node,
             limits,
@@ -128,6 +141,10 @@ pub fn router(state: AppState) -> Router {
         .route(tally_raft::rpc::path::PRE_VOTE, post(raft_rpc::pre_vote))
         .route(tally_raft::rpc::path::SNAPSHOT, post(raft_rpc::snapshot))
         .route(
+            tally_raft::rpc::path::SNAPSHOT_CHUNK,
+            post(raft_rpc::snapshot_chunk),
+        )
+        .route(
             tally_raft::rpc::path::TRANSFER_LEADER,
             post(raft_rpc::transfer_leader),
         )
@@ -149,24 +166,75 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read with explicit limits in the handlers (`read_body`), which answer
         // with our JSON 413 rather than axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            in_flight::limit_requests,
+        ))
         .with_state(state)
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes with 413.
+/// Reads a whole request body, refusing more than `limit` bytes with 413, and one that does
+/// not arrive within the server's body read timeout with 408.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .map(|s| s.is::<http_body_util::LengthLimitError>())
-            .unwrap_or(false)
-            || e.to_string().contains("length limit");
-        if too_big {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request body is larger than {limit} bytes; split the batch"),
-            )
-        } else {
-            ApiError::bad_request(format!("could not read request body: {e}"))
+    read_body_admitting(body, limit, |_| Ok(())).await
+}
+
+/// [`read_body`], asking `admit` for every piece before it is kept (an in-flight budget:
+/// its refusal ends the read with that answer, before the rest of the body is buffered).
+pub async fn read_body_admitting(
+    mut body: Body,
+    limit: usize,
+    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than {limit} bytes; split the batch"),
+        )
+    };
+    // A declared length over the limit is refused before a byte is read.
+    if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(&e))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(too_large());
         }
-    })
+        admit(data.len())?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// The answer to a body that could not be read: 408 when it did not arrive in time.
+fn body_error(e: &axum::Error) -> ApiError {
+    match find_source::<server::BodyTimeout>(e) {
+        Some(timeout) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("{timeout}; send the body at once (or raise http.body_read_timeout_ms)"),
+        ),
+        None => ApiError::bad_request(format!("could not read request body: {e}")),
+    }
+}
+
+/// The first error of type `T` in `e`'s source chain.
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }

@@ -241,7 +241,7 @@ async fn probe(app: &AppState, req: &AddMember) -> Result<(), ApiError> {
     let resp = app
         .forwarder
         .http()
-        .get(format!("http://{addr}/v1/cluster"))
+        .get(app.forwarder.url(addr, "/v1/cluster"))
         .timeout(PROBE_TIMEOUT)
         .send()
         .await

@@ -4,10 +4,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 
 use tally_raft::rpc::{self, ClockReply, ClockRequest, SnapshotIndexRequest};
+use tally_raft::snapshot_transfer::{self, Accepted, ChunkReply, SnapshotChunk};
 use tally_raft::types::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tally_raft::Role;
 
@@ -82,22 +83,81 @@ pub async fn snapshot(State(app): State<AppState>, headers: HeaderMap, body: Bod
             Ok(v) => v,
             Err(resp) => return resp,
         };
+    match install(&app, vote, meta, data).await {
+        Ok(resp) => reply(Ok::<_, std::convert::Infallible>(resp)),
+        Err(resp) => resp,
+    }
+}
+
+/// One chunk of a snapshot; the last one installs it (`tally_raft::snapshot_transfer`).
+pub async fn snapshot_chunk(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // A chunk, plus its vote and meta (which hold the membership: a few KiB).
+    const MAX_CHUNK_BODY: usize = snapshot_transfer::MAX_CHUNK_BYTES + (1 << 20);
+    let chunk = match accept_within::<SnapshotChunk>(&app, &headers, body, MAX_CHUNK_BODY).await {
+        Ok(chunk) => chunk,
+        Err(resp) => return resp,
+    };
+    let incoming = app.node.incoming_snapshot.clone();
+    let accepted = match tokio::task::spawn_blocking(move || incoming.accept(chunk)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return (StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Ok(Err(e)) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("storing the snapshot chunk: {e}"),
+            )
+                .into_response()
+        }
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    match accepted {
+        Accepted::More(next_offset) => {
+            reply(Ok::<_, std::convert::Infallible>(ChunkReply::Received {
+                next_offset,
+            }))
+        }
+        Accepted::Complete { vote, meta, data } => match install(&app, vote, meta, data).await {
+            Ok(resp) => reply(Ok::<_, std::convert::Infallible>(ChunkReply::Installed(
+                resp,
+            ))),
+            Err(resp) => resp,
+        },
+    }
+}
+
+/// Installs a received snapshot; `Err` is the refusal to answer with.
+async fn install(
+    app: &AppState,
+    vote: Vote,
+    meta: SnapshotMeta,
+    data: SnapshotData,
+) -> Result<SnapshotResponse<TypeConfig>, Response> {
     // A data node installs only real analytic state. Refusing here (before openraft sees
     // it) keeps a bad snapshot from becoming a storage error that stops the node.
     if app.node.role == Role::Data {
         if let Err(e) = tally_analytics::State::decode_snapshot(&data) {
-            return (
+            return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("refusing snapshot without valid analytic state: {e}"),
             )
-                .into_response();
+                .into_response());
         }
     }
     let snapshot = openraft::Snapshot {
         meta,
         snapshot: data,
     };
-    reply(app.node.raft.install_full_snapshot(vote, snapshot).await)
+    app.node
+        .raft
+        .install_full_snapshot(vote, snapshot)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response())
 }
 
 /// Tally's own RPC: how far this node's snapshot reaches, for the leader's snapshot floor.

@@ -1,8 +1,10 @@
 //! `POST /v1/sql`: one read-only query against the record store.
 //!
 //! The statement is checked by `sqlparser` (exactly one read-only query) and then run in a
-//! read-only transaction with a statement timeout and a row cap, so a write that slipped
-//! past the parser still fails. `consistency: "strong"` and `min_index` wait until the
+//! read-only transaction with a statement timeout, a row cap and a byte budget, so a write
+//! that slipped past the parser still fails and no answer outgrows its budget. At most
+//! `sql.max_concurrent` queries run at once per node; more get 503 with `Retry-After` at
+//! once (the record store's read slots, never a queue). `consistency: "strong"` and `min_index` wait until the
 //! record store holds every event up to the index asked for (read-your-writes).
 
 use std::time::{Duration, Instant};
@@ -11,10 +13,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use tally_raft::{Node, Role};
-use tally_storage::records::{QueryLimits, RecordError};
+use tally_storage::records::{ColumnInfo, QueryLimits, RecordError, Truncated};
 
 use crate::error::{ApiError, ApiResult};
 use crate::forward::was_forwarded;
@@ -26,6 +29,8 @@ use crate::{read_body, AppState};
 pub struct SqlLimits {
     pub timeout: Duration,
     pub max_rows: usize,
+    /// Bytes of encoded rows an answer carries at most.
+    pub max_result_bytes: usize,
     /// How long a `strong`/`min_index` query waits for the sink to catch up.
     pub catch_up_wait: Duration,
 }
@@ -35,6 +40,7 @@ impl Default for SqlLimits {
         SqlLimits {
             timeout: Duration::from_secs(10),
             max_rows: 10_000,
+            max_result_bytes: 8 << 20,
             catch_up_wait: Duration::from_secs(15),
         }
     }
@@ -107,29 +113,50 @@ async fn handle(app: AppState, headers: HeaderMap, body: Body) -> ApiResult<Resp
     let limits = QueryLimits {
         timeout: app.limits.sql.timeout,
         max_rows: app.limits.sql.max_rows,
+        max_bytes: app.limits.sql.max_result_bytes,
     };
     let result = store
         .query_read_only(&req.sql, limits)
         .await
         .map_err(sql_error)?;
-    let columns: Vec<_> = result
-        .columns
-        .iter()
-        .map(|c| json!({"name": c.name, "type": c.r#type}))
-        .collect();
-    let mut out = json!({
-        "columns": columns,
-        "rows": result.rows,
-        "watermark": watermark,
-        "truncated": result.truncated,
-    });
-    if result.truncated {
-        out["message"] = json!(format!(
+    let message = result.truncated.map(|cut| match cut {
+        Truncated::MaxRows => format!(
             "only the first {} rows are returned (sql.max_rows); add LIMIT or narrow the query",
-            app.limits.sql.max_rows
-        ));
-    }
-    Ok(axum::Json(out).into_response())
+            result.row_count
+        ),
+        Truncated::MaxBytes => format!(
+            "only the first {} rows are returned: the next would take the answer past \
+             sql.max_result_bytes ({} bytes of rows); select fewer columns, add LIMIT or \
+             aggregate",
+            result.row_count, limits.max_bytes
+        ),
+    });
+    let answer = SqlAnswer {
+        columns: &result.columns,
+        rows: &result.rows,
+        watermark,
+        truncated: result.truncated.is_some(),
+        truncated_by: result.truncated.map(|cut| match cut {
+            Truncated::MaxRows => "max_rows",
+            Truncated::MaxBytes => "max_result_bytes",
+        }),
+        message,
+    };
+    Ok(axum::Json(answer).into_response())
+}
+
+/// The body of a `/v1/sql` answer; `rows` are passed through as the store encoded them.
+#[derive(Serialize)]
+struct SqlAnswer<'a> {
+    columns: &'a [ColumnInfo],
+    rows: &'a RawValue,
+    watermark: u64,
+    truncated: bool,
+    /// Which bound cut the answer (`max_rows` or `max_result_bytes`), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated_by: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 fn records_dialect(node: &Node) -> ApiResult<tally_storage::records::Dialect> {
@@ -203,6 +230,10 @@ fn sql_error(e: RecordError) -> ApiError {
         RecordError::SqlRejected(m) => ApiError::new(StatusCode::BAD_REQUEST, "sql_rejected", m),
         RecordError::QueryTimeout(m) => ApiError::new(StatusCode::BAD_REQUEST, "query_timeout", m),
         RecordError::Query(m) => ApiError::new(StatusCode::BAD_REQUEST, "query_failed", m),
+        RecordError::TooLarge(m) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "result_too_large", m)
+        }
+        e @ RecordError::Busy { .. } => ApiError::unavailable("sql_busy", e.to_string()),
         other => ApiError::unavailable("record_store_unavailable", other.to_string()),
     }
 }

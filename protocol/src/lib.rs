@@ -14,6 +14,6 @@ mod status;
 
 pub use status::{
     ClockBound, ClockStatus, IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus,
-    PeerClockStatus, RaftState, RetentionStatus, Role, SinkDetail, SinkStatus, SnapshotFileStatus,
-    StateStatus,
+    OverflowStatus, PeerClockStatus, RaftState, RetentionStatus, Role, SinkDetail, SinkStatus,
+    SnapshotFileStatus, StateStatus,
 };

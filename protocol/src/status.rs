@@ -161,6 +161,9 @@ pub struct LogStatus {
     pub fsyncs: u64,
     /// Highest index known durable on disk.
     pub synced_index: Option<u64>,
+    /// Bytes of the stored entries (absent from nodes before it was counted).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// One snapshot file on disk.
@@ -179,6 +182,9 @@ pub struct RetentionStatus {
     pub snapshot_floor: u64,
     /// Past this many entries the witness purges beyond the floor.
     pub witness_max_log_entries: u64,
+    /// Likewise past this many bytes of entries (absent from nodes before the byte bound).
+    #[serde(default)]
+    pub witness_max_log_bytes: u64,
 }
 
 /// The analytic state held in memory (zero on a witness).
@@ -190,6 +196,27 @@ pub struct StateStatus {
     pub dedup_ids: u64,
     /// Distinct events counted since the state began.
     pub events_applied: u64,
+    /// The distinct-key cap. Defaults to zeros: a node of the previous version had none.
+    #[serde(default)]
+    pub overflow: OverflowStatus,
+}
+
+/// The distinct-key cap: what folded into `"__other__"` overflow keys, and the caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverflowStatus {
+    /// Events folded into an overflow key since the state began, per granularity
+    /// (replicated: equal on every data node at the same applied index).
+    pub events_minute: u64,
+    pub events_hour: u64,
+    pub events_day: u64,
+    /// Rows held in memory whose key is an overflow key, per granularity.
+    pub keys_minute: u64,
+    pub keys_hour: u64,
+    pub keys_day: u64,
+    /// The caps this node stamps into the entries it proposes while it leads (entries
+    /// apply with the caps they carry, whoever proposed them).
+    pub max_keys_per_tenant_bucket: u64,
+    pub max_tenants_per_bucket: u64,
 }
 
 /// Ingest proposed by this node while it led.
@@ -441,6 +468,7 @@ mod tests {
             entries: 7,
             fsyncs: 11,
             synced_index: Some(10),
+            bytes: 700,
         };
         status.snapshots = vec![SnapshotFileStatus {
             index: 8,
@@ -450,6 +478,7 @@ mod tests {
         status.retention = RetentionStatus {
             snapshot_floor: 8,
             witness_max_log_entries: 1_000_000,
+            witness_max_log_bytes: 4_294_967_296,
         };
         status.state = StateStatus {
             buckets_minute: 1,
@@ -457,6 +486,16 @@ mod tests {
             buckets_day: 3,
             dedup_ids: 4,
             events_applied: 5,
+            overflow: OverflowStatus {
+                events_minute: 6,
+                events_hour: 7,
+                events_day: 8,
+                keys_minute: 1,
+                keys_hour: 2,
+                keys_day: 3,
+                max_keys_per_tenant_bucket: 200,
+                max_tenants_per_bucket: 10,
+            },
         };
         status.ingest = IngestStatus {
             requests: 1,
@@ -495,11 +534,15 @@ mod tests {
             "members": [{"id": 1, "addr": "127.0.0.1:7101", "role": "data", "voter": true,
                 "matched_index": 10}],
             "log": {"first_index": 4, "last_index": 10, "entries": 7, "fsyncs": 11,
-                "synced_index": 10},
+                "synced_index": 10, "bytes": 700},
             "snapshots": [{"index": 8, "id": "1-8", "bytes": 512}],
-            "retention": {"snapshot_floor": 8, "witness_max_log_entries": 1_000_000},
+            "retention": {"snapshot_floor": 8, "witness_max_log_entries": 1_000_000,
+                "witness_max_log_bytes": 4_294_967_296u64},
             "state": {"buckets_minute": 1, "buckets_hour": 2, "buckets_day": 3,
-                "dedup_ids": 4, "events_applied": 5},
+                "dedup_ids": 4, "events_applied": 5,
+                "overflow": {"events_minute": 6, "events_hour": 7, "events_day": 8,
+                    "keys_minute": 1, "keys_hour": 2, "keys_day": 3,
+                    "max_keys_per_tenant_bucket": 200, "max_tenants_per_bucket": 10}},
             "ingest": {"requests": 1, "events": 2, "entries": 3, "rejected_overload": 4},
             "sink": {"enabled": true, "replicated_cursor": 4, "pending_events": 5,
                 "oldest_pending_index": 6, "dropped_events": 7, "active": true,
@@ -524,6 +567,16 @@ mod tests {
         json.as_object_mut().unwrap().remove("clock");
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back.clock, ClockStatus::default());
+    }
+
+    #[test]
+    fn the_previous_versions_state_without_overflow_still_parses() {
+        let mut json = serde_json::to_value(sample(SinkStatus::default())).unwrap();
+        json["state"] = serde_json::json!({"buckets_minute": 1, "buckets_hour": 2,
+            "buckets_day": 3, "dedup_ids": 4, "events_applied": 5});
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.state.overflow, OverflowStatus::default());
+        assert_eq!(back.state.events_applied, 5);
     }
 
     #[test]

@@ -2,17 +2,17 @@
 //!
 //! Requests queue in a bounded channel. A single loop takes whatever is queued (up to
 //! [`BatcherConfig::max_events_per_entry`] events or [`BatcherConfig::max_bytes_per_entry`]
-//! bytes), stamps it with the proposer's clock (held near the voters', `crate::clock`), and
-//! proposes it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at
-//! once, so while the log is syncing the next group is already forming. A full queue is refused at
-//! once ([`IngestError::Overloaded`]) rather than buffered without bound.
+//! bytes), stamps it with the proposer's clock (held near the voters', `crate::clock`) and
+//! key caps, and proposes it as one entry; up to [`BatcherConfig::max_inflight`] entries are
+//! in flight at once, so while the log is syncing the next group is already forming. A full
+//! queue is refused at once ([`IngestError::Overloaded`]) rather than buffered without bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, RaftError};
-use tally_analytics::{Event, IngestBatch};
+use tally_analytics::{Event, IngestBatch, KeyCaps};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
@@ -35,6 +35,9 @@ pub struct BatcherConfig {
     pub max_inflight: usize,
     /// How long a proposal may take before the request is answered with an unknown outcome.
     pub commit_timeout: Duration,
+    /// The key caps stamped into every entry this node proposes (every replica applies an
+    /// entry with the caps it carries).
+    pub key_caps: KeyCaps,
     /// Most an entry's ingest time may differ from the voters' majority clock
     /// (`crate::clock`).
     pub max_clock_skew_ms: u64,
@@ -48,6 +51,7 @@ impl Default for BatcherConfig {
             max_bytes_per_entry: 4 << 20,
             max_inflight: 4,
             commit_timeout: Duration::from_secs(10),
+            key_caps: KeyCaps::default(),
             max_clock_skew_ms: crate::clock::DEFAULT_MAX_CLOCK_SKEW_MS,
         }
     }
@@ -237,9 +241,10 @@ async fn run(
         stats.events.fetch_add(events as u64, Ordering::Relaxed);
         let raft = raft.clone();
         let timeout = config.commit_timeout;
+        let caps = config.key_caps;
         let ingest_ms = stamper.stamp();
         commits.spawn(async move {
-            commit(raft, jobs, timeout, ingest_ms).await;
+            commit(raft, jobs, caps, timeout, ingest_ms).await;
             drop(permit);
         });
     }
@@ -253,7 +258,7 @@ async fn run(
     while commits.join_next().await.is_some() {}
 }
 
-async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration, ingest_ms: i64) {
+async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration, ingest_ms: i64) {
     let mut requests = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -271,12 +276,16 @@ async fn commit(raft: Raft, jobs: Vec<Job>, timeout: Duration, ingest_ms: i64) {
             }));
         }
     }
-    // The ingest time is stamped by the proposer (`run`), so that every replica applies the
-    // same bytes: apply itself never reads a clock.
-    let entry = Request::Ingest(IngestBatch {
-        ingest_ms,
-        requests,
-    });
+    // The ingest time (`run`, from `crate::clock`) and the key caps are stamped by the
+    // proposer, so that every replica applies the same bytes: apply itself never reads a
+    // clock or its own config.
+    let entry = Request::IngestCapped {
+        caps,
+        batch: IngestBatch {
+            ingest_ms,
+            requests,
+        },
+    };
     let err = match tokio::time::timeout(timeout, raft.client_write(entry)).await {
         Err(_) => IngestError::Unknown(format!("not committed within {} ms", timeout.as_millis())),
         Ok(Ok(resp)) if !resp.data.applied_analytics => IngestError::WitnessLeader,

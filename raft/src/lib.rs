@@ -7,6 +7,8 @@
 //! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret
 //!   (openraft's RPCs, plus Tally's `/raft/snapshot-index` for the snapshot floor and
 //!   `/raft/clock` for the voters' clocks).
+//! * [`peer_http`] — how peers are reached: plain HTTP, or HTTPS against the cluster's CA
+//!   with the node's certificate as client identity (the one peer-client builder).
 //! * [`batcher`] — group commit: concurrent ingest requests become one entry.
 //! * [`clock`] — the ingest time the leader stamps, held near its voters' clocks.
 //! * [`sink`] — the leader's exactly-once writer into the record store.
@@ -36,11 +38,13 @@ pub mod membership;
 pub mod network;
 pub mod node;
 pub mod options;
+pub mod peer_http;
 #[cfg(feature = "chaos")]
 pub mod plant;
 pub mod retention;
 pub mod rpc;
 pub mod sink;
+pub mod snapshot_transfer;
 pub mod state_machine;
 pub mod status;
 pub mod tasks;
@@ -50,6 +54,7 @@ pub mod witness;
 pub use batcher::{BatcherConfig, IngestAck, IngestError};
 pub use error::NotLeader;
 pub use node::{Node, NodeError, NodeOptions, RaftTiming};
+pub use peer_http::{PeerHttp, PeerTls};
 pub use sink::{SinkConfig, SinkReport};
 pub use state_machine::Raft;
 pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};

@@ -18,6 +18,7 @@ use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::peer_http::PeerHttp;
 use crate::rpc::{self, path};
 use crate::types::{NodeId, Snapshot, SnapshotData, TallyNode, TypeConfig, Vote};
 
@@ -28,35 +29,41 @@ const MIN_APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct HttpNetwork {
     http: reqwest::Client,
+    peers: PeerHttp,
     secret: String,
+    snapshot_chunk_bytes: usize,
 }
 
 impl HttpNetwork {
-    /// `source_ip`: the local address connections are made from (`None`: the OS picks).
-    pub fn new(
-        secret: impl Into<String>,
-        source_ip: Option<std::net::IpAddr>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .local_address(source_ip)
-            .connect_timeout(Duration::from_millis(500))
+    /// `peers`: scheme, TLS and source address of connections to peers.
+    pub fn new(secret: impl Into<String>, peers: PeerHttp) -> Result<Self, reqwest::Error> {
+        let http = peers
+            .client(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(HttpNetwork {
             http,
+            peers,
             secret: secret.into(),
+            snapshot_chunk_bytes: crate::snapshot_transfer::CHUNK_BYTES,
         })
     }
 }
 
 impl HttpNetwork {
+    /// Snapshot bytes per chunk request (`raft.snapshot_chunk_bytes`).
+    pub fn with_snapshot_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.snapshot_chunk_bytes = bytes.clamp(1, crate::snapshot_transfer::MAX_CHUNK_BYTES);
+        self
+    }
+
     fn peer(&self, target: NodeId, node: &TallyNode) -> PeerClient {
         PeerClient {
             target,
-            base: format!("http://{}", node.addr),
+            base: self.peers.url(&node.addr, ""),
             http: self.http.clone(),
             secret: self.secret.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }
 
@@ -74,7 +81,7 @@ impl HttpNetwork {
             .call(path::SNAPSHOT_INDEX, &req, timeout)
             .await
             .map_err(|f| match f {
-                Failure::Unreachable(m) | Failure::Network(m) => m,
+                Failure::Unreachable(m) | Failure::Network(m) | Failure::NoSuchPath(m) => m,
             })
     }
 
@@ -91,7 +98,9 @@ impl HttpNetwork {
             .call(path::CLOCK, &req, timeout)
             .await
             .map_err(|f| match f {
-                Failure::Unreachable(m) | Failure::Network(m) => m,
+                // An older peer without the clock RPC: no sample (`crate::clock` then
+                // bounds stamps by the monotonic clock while no majority answers).
+                Failure::Unreachable(m) | Failure::Network(m) | Failure::NoSuchPath(m) => m,
             })
     }
 }
@@ -110,12 +119,15 @@ pub struct PeerClient {
     base: String,
     http: reqwest::Client,
     secret: String,
+    snapshot_chunk_bytes: usize,
 }
 
 /// Why one RPC failed, before it is mapped onto the error type a given openraft call wants.
 enum Failure {
     Unreachable(String),
     Network(String),
+    /// The peer does not serve this path (an older version).
+    NoSuchPath(String),
 }
 
 impl PeerClient {
@@ -155,6 +167,9 @@ impl PeerClient {
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
             let msg = format!("node {} answered {status}: {}", self.target, text.trim());
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Err(Failure::NoSuchPath(msg));
+            }
             // A node that is shutting down or refuses our secret will not get better by
             // hammering it: back off.
             return Err(Failure::Unreachable(msg));
@@ -163,16 +178,72 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Posts `snapshot` chunk by chunk (`crate::snapshot_transfer`); towards a peer without
+    /// the chunked path (an older version), as one body when it fits in one.
+    async fn send_snapshot_in_chunks(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, Failure> {
+        use crate::snapshot_transfer::{chunk_ranges, ChunkReply, SnapshotChunk};
+        // Each chunk is a few MiB: the hard TTL, but at least half a minute per chunk.
+        let timeout = option.hard_ttl().max(Duration::from_secs(30));
+        let data = snapshot.snapshot;
+        let total_len = data.len() as u64;
+        for range in chunk_ranges(data.len(), self.snapshot_chunk_bytes) {
+            let chunk = SnapshotChunk {
+                vote,
+                meta: snapshot.meta.clone(),
+                total_len,
+                offset: range.start as u64,
+                data: data[range.clone()].to_vec(),
+            };
+            match self.call(path::SNAPSHOT_CHUNK, &chunk, timeout).await {
+                Ok(ChunkReply::Installed(resp)) => return Ok(resp),
+                Ok(ChunkReply::Received { next_offset }) if next_offset == range.end as u64 => {}
+                Ok(ChunkReply::Received { next_offset }) => {
+                    return Err(Failure::Network(format!(
+                        "node {} expects the snapshot from offset {next_offset}, not {}",
+                        self.target, range.end
+                    )))
+                }
+                Err(Failure::NoSuchPath(m))
+                    if range.start == 0 && data.len() <= rpc::MAX_BODY_BYTES =>
+                {
+                    tracing::info!(
+                        target = self.target,
+                        "{m}: sending the snapshot in one request"
+                    );
+                    let req = (vote, snapshot.meta, data);
+                    let timeout = option.hard_ttl().max(Duration::from_secs(60));
+                    return self.call(path::SNAPSHOT, &req, timeout).await;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        Err(Failure::Network(format!(
+            "node {} took every chunk of the snapshot but did not install it",
+            self.target
+        )))
+    }
+}
+
 fn rpc_error(f: Failure) -> RPCError<TypeConfig> {
     match f {
-        Failure::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
+        Failure::Unreachable(m) | Failure::NoSuchPath(m) => {
+            RPCError::Unreachable(Unreachable::from_string(m))
+        }
         Failure::Network(m) => RPCError::Network(NetworkError::from_string(m)),
     }
 }
 
 fn streaming_error(f: Failure) -> StreamingError<TypeConfig> {
     match f {
-        Failure::Unreachable(m) => StreamingError::Unreachable(Unreachable::from_string(m)),
+        Failure::Unreachable(m) | Failure::NoSuchPath(m) => {
+            StreamingError::Unreachable(Unreachable::from_string(m))
+        }
         Failure::Network(m) => StreamingError::Network(NetworkError::from_string(m)),
     }
 }
@@ -232,12 +303,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 ),
             )));
         }
-        let req = (vote, snapshot.meta, snapshot.snapshot);
-        // A snapshot can be large: give it the whole hard TTL and at least a minute.
-        let timeout = option.hard_ttl().max(Duration::from_secs(60));
+        let send = self.send_snapshot_in_chunks(vote, snapshot, option);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            res = self.call(path::SNAPSHOT, &req, timeout) => res.map_err(streaming_error),
+            res = send => res.map_err(streaming_error),
         }
     }
 

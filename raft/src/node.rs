@@ -96,6 +96,8 @@ pub struct Node {
     pub state: SharedState,
     pub log: LogStore<TypeConfig>,
     pub snapshots: Arc<SnapshotFiles>,
+    /// A snapshot being received in chunks (`/raft/snapshot-chunk`).
+    pub incoming_snapshot: Arc<crate::snapshot_transfer::Incoming>,
     pub ingest: IngestQueue,
     /// Voters' clock samples and the ingest stamps they bound (`crate::clock`).
     pub clock: Arc<ClockGuard>,
@@ -125,8 +127,9 @@ impl Node {
         check_no_gap(&log, &state).await?;
 
         let config = raft_config(&options)?;
-        let network = HttpNetwork::new(options.secret.clone(), options.source_ip)
-            .map_err(NodeError::HttpClient)?;
+        let network = HttpNetwork::new(options.secret.clone(), options.peer_http())
+            .map_err(NodeError::HttpClient)?
+            .with_snapshot_chunk_bytes(options.snapshot_chunk_bytes);
         let raft = Raft::new(
             options.id,
             Arc::new(config),
@@ -154,6 +157,7 @@ impl Node {
                 if let Some(url) = options.record_store.clone() {
                     tasks.spawn(connect_records(
                         url,
+                        options.record_reads.clone(),
                         raft.clone(),
                         state.clone(),
                         records.clone(),
@@ -190,7 +194,11 @@ impl Node {
                 tasks.spawn(witness::witness_purge(
                     raft.clone(),
                     state.clone(),
-                    options.witness_max_log_entries,
+                    log.clone(),
+                    witness::WitnessLogBound {
+                        max_entries: options.witness_max_log_entries,
+                        max_bytes: options.witness_max_log_bytes,
+                    },
                 ));
             }
         }
@@ -201,6 +209,7 @@ impl Node {
             state,
             log,
             snapshots,
+            incoming_snapshot: Arc::new(crate::snapshot_transfer::Incoming::new(&raft_dir)),
             ingest,
             clock,
             recovered,
@@ -477,6 +486,7 @@ async fn watch_recovery(raft: Raft, recovered: Arc<AtomicBool>) {
 /// Connects to the record store (retrying while it is unreachable), then starts the sink.
 async fn connect_records(
     url: String,
+    reads: tally_storage::records::ReadPoolOptions,
     raft: Raft,
     state: SharedState,
     slot: Arc<std::sync::OnceLock<RecordStore>>,
@@ -485,7 +495,7 @@ async fn connect_records(
 ) {
     let mut backoff = Duration::from_millis(200);
     let store = loop {
-        match RecordStore::connect(&url).await {
+        match RecordStore::connect_with(&url, &reads).await {
             Ok(store) => break store,
             Err(e) => {
                 monitor.connect_error(&e);
@@ -617,9 +627,13 @@ mod tests {
             log_keep_behind_snapshot: 1000,
             batcher: Default::default(),
             record_store: None,
+            record_reads: Default::default(),
             sink: SinkConfig::default(),
             source_ip: None,
+            peer_tls: None,
             witness_max_log_entries: DEFAULT_WITNESS_MAX_LOG_ENTRIES,
+            witness_max_log_bytes: crate::options::DEFAULT_WITNESS_MAX_LOG_BYTES,
+            snapshot_chunk_bytes: crate::snapshot_transfer::CHUNK_BYTES,
         }
     }
 

@@ -15,7 +15,11 @@ pub mod path {
     pub const APPEND: &str = "/raft/append";
     pub const VOTE: &str = "/raft/vote";
     pub const PRE_VOTE: &str = "/raft/pre-vote";
+    /// The whole snapshot in one body: what versions before chunked transfer send and
+    /// accept (still served, and used towards a peer that lacks the chunked path).
     pub const SNAPSHOT: &str = "/raft/snapshot";
+    /// One chunk of a snapshot (`crate::snapshot_transfer`).
+    pub const SNAPSHOT_CHUNK: &str = "/raft/snapshot-chunk";
     pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
     /// Tally's own: how far a data member's snapshot reaches (for the snapshot floor).
     pub const SNAPSHOT_INDEX: &str = "/raft/snapshot-index";

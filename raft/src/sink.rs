@@ -188,7 +188,7 @@ async fn step(
         new_cursor: upto,
         ingest: pending
             .iter()
-            .map(|p| (p.log_index, p.ingest_ms, &p.event))
+            .map(|p| (p.log_index, p.ingest_ms, &p.event, p.folds))
             .collect(),
     };
     match store.write(batch).await {

@@ -217,12 +217,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => Response::default(),
-                    EntryPayload::Normal(Request::Ingest(batch)) => match self.role {
-                        Role::Data => Response {
-                            outcomes: applied.state.apply(entry.log_id.index, batch),
+                    EntryPayload::Normal(
+                        request @ (Request::Ingest(_) | Request::IngestCapped { .. }),
+                    ) => match (self.role, request.ingest()) {
+                        // The caps come from the entry, never from this node's config.
+                        (Role::Data, Some((batch, caps))) => Response {
+                            outcomes: applied.state.apply_capped(entry.log_id.index, batch, &caps),
                             applied_analytics: true,
                         },
-                        Role::Witness => Response::default(),
+                        _ => Response::default(),
                     },
                     EntryPayload::Normal(Request::SinkCursor(cursor)) => {
                         if self.role == Role::Data {

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use openraft::ServerState;
 use tally_protocol::{
-    IngestStatus, LogStatus, MemberStatus, NodeStatus, RaftState, RetentionStatus, SinkDetail,
-    SinkStatus, SnapshotFileStatus, StateStatus,
+    IngestStatus, LogStatus, MemberStatus, NodeStatus, OverflowStatus, RaftState, RetentionStatus,
+    SinkDetail, SinkStatus, SnapshotFileStatus, StateStatus,
 };
 
 use crate::node::Node;
@@ -85,6 +85,7 @@ impl Node {
             })
             .collect();
         let ingest = self.ingest.stats();
+        let caps = self.options.batcher.key_caps;
         let enabled = self.has_record_store();
         let watermark = pending
             .oldest_pending_index
@@ -134,11 +135,13 @@ impl Node {
                 entries: log.entries,
                 fsyncs: sync.fsyncs,
                 synced_index: sync.synced_last_index,
+                bytes: log.bytes,
             },
             snapshots,
             retention: RetentionStatus {
                 snapshot_floor,
                 witness_max_log_entries: self.options.witness_max_log_entries,
+                witness_max_log_bytes: self.options.witness_max_log_bytes,
             },
             state: StateStatus {
                 buckets_minute: stats.buckets_minute as u64,
@@ -146,6 +149,16 @@ impl Node {
                 buckets_day: stats.buckets_day as u64,
                 dedup_ids: stats.dedup_ids as u64,
                 events_applied: stats.events_applied,
+                overflow: OverflowStatus {
+                    events_minute: stats.overflow_events.minute,
+                    events_hour: stats.overflow_events.hour,
+                    events_day: stats.overflow_events.day,
+                    keys_minute: stats.overflow_keys_minute as u64,
+                    keys_hour: stats.overflow_keys_hour as u64,
+                    keys_day: stats.overflow_keys_day as u64,
+                    max_keys_per_tenant_bucket: caps.max_keys_per_tenant_bucket.into(),
+                    max_tenants_per_bucket: caps.max_tenants_per_bucket.into(),
+                },
             },
             ingest: IngestStatus {
                 requests: ingest.requests.load(Ordering::Relaxed),

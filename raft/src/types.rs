@@ -49,9 +49,14 @@ impl fmt::Display for TallyNode {
 pub use tally_protocol::Role;
 
 /// The application payload of a Raft entry.
+///
+/// Encoded with bincode, which writes the variant's position: variants are only ever
+/// added at the end, and an existing variant's shape never changes (a new shape is a new
+/// variant), so every entry an earlier build wrote still decodes to what it meant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Client requests group-committed into one entry, stamped by the proposer.
+    /// Client requests group-committed into one entry, stamped by the proposer, as written
+    /// before the key cap existed: applied with no cap, exactly as then. No longer proposed.
     Ingest(tally_analytics::IngestBatch),
     /// The record store holds every event up to this log index (published by the
     /// leader's sink after its transaction commits).
@@ -59,12 +64,29 @@ pub enum Request {
     /// Every data member holds a snapshot covering at least this log index; the witness
     /// may purge its log up to here (published by the leader).
     SnapshotFloor(u64),
+    /// Client requests group-committed into one entry, stamped by the proposer with its
+    /// ingest time and the key caps every replica applies it with.
+    IngestCapped {
+        caps: tally_analytics::KeyCaps,
+        batch: tally_analytics::IngestBatch,
+    },
+}
+
+impl Request {
+    /// The ingest batch of an ingest entry and the caps it applies with.
+    pub fn ingest(&self) -> Option<(&tally_analytics::IngestBatch, tally_analytics::KeyCaps)> {
+        match self {
+            Request::Ingest(batch) => Some((batch, tally_analytics::KeyCaps::UNLIMITED)),
+            Request::IngestCapped { caps, batch } => Some((batch, *caps)),
+            Request::SinkCursor(_) | Request::SnapshotFloor(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Request::Ingest(b) => write!(
+            Request::Ingest(b) | Request::IngestCapped { batch: b, .. } => write!(
                 f,
                 "ingest(requests={}, events={})",
                 b.requests.len(),

@@ -217,6 +217,31 @@ pub struct WitnessPurgeView {
     pub last_log_index: u64,
     /// Every data member holds a snapshot covering this index.
     pub floor: u64,
+    /// Entries in the log and the bytes they weigh.
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The witness's log bounds: it keeps at most this many entries and bytes beyond the
+/// snapshot floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WitnessLogBound {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl WitnessLogBound {
+    /// The entry count to keep at most: `max_entries`, or fewer when the log weighs more
+    /// than `max_bytes` (estimated from its mean entry size, so one huge entry moves the
+    /// bound as it should).
+    fn keep(&self, view: &WitnessPurgeView) -> u64 {
+        if view.bytes <= self.max_bytes || view.entries == 0 {
+            return self.max_entries;
+        }
+        let by_bytes =
+            (u128::from(view.entries) * u128::from(self.max_bytes) / u128::from(view.bytes)) as u64;
+        self.max_entries.min(by_bytes)
+    }
 }
 
 /// The purge decision.
@@ -228,17 +253,18 @@ pub struct PurgeDecision {
     pub warn_forced: Option<u64>,
 }
 
-/// The witness keeps its log down to the snapshot floor, and beyond it only when more than
-/// `max_entries` would be kept. `warned_at` throttles the warning: it is given again only
-/// once the forced purge point passes it (the function moves it on).
+/// The witness keeps its log down to the snapshot floor, and beyond it only when it would
+/// keep more than the bound's entries or bytes. `warned_at` throttles the warning: it is
+/// given again only once the forced purge point passes it (the function moves it on).
 pub fn witness_purge_decision(
     view: &WitnessPurgeView,
-    max_entries: u64,
+    bound: WitnessLogBound,
     warned_at: &mut u64,
 ) -> PurgeDecision {
     let Some(snapshot) = view.snapshot else {
         return PurgeDecision::default();
     };
+    let max_entries = bound.keep(view);
     let mut decision = PurgeDecision::default();
     let mut upto = snapshot.min(view.floor);
     let over_bound = view.last_log_index.saturating_sub(max_entries);
@@ -257,8 +283,13 @@ pub fn witness_purge_decision(
 }
 
 /// On the witness: purges the log up to the snapshot floor (what every data member holds in
-/// a snapshot), and beyond it only when more than `max_entries` would be kept.
-pub(crate) async fn witness_purge(raft: Raft, state: SharedState, max_entries: u64) {
+/// a snapshot), and beyond it only when it would keep more than the bound allows.
+pub(crate) async fn witness_purge(
+    raft: Raft,
+    state: SharedState,
+    log: tally_storage::LogStore<crate::types::TypeConfig>,
+    bound: WitnessLogBound,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned_at = 0u64;
@@ -280,18 +311,23 @@ pub(crate) async fn witness_purge(raft: Raft, state: SharedState, max_entries: u
             continue;
         }
         let floor = state.read().snapshot_floor;
+        let stats = log.log_stats();
         let view = WitnessPurgeView {
             snapshot,
             purged,
             last_log_index: last,
             floor,
+            entries: stats.entries,
+            bytes: stats.bytes,
         };
-        let decision = witness_purge_decision(&view, max_entries, &mut warned_at);
+        let decision = witness_purge_decision(&view, bound, &mut warned_at);
         if let Some(forced) = decision.warn_forced {
             tracing::warn!(
                 floor,
                 purge_to = forced,
-                max_entries,
+                max_entries = bound.max_entries,
+                max_bytes = bound.max_bytes,
+                log_bytes = stats.bytes,
                 "witness log over its bound: purging past the snapshot floor; a data node \
                  behind index {forced} can now only be rebuilt from the other data node"
             );
@@ -464,13 +500,47 @@ mod tests {
             purged,
             last_log_index: last,
             floor,
+            entries: last - purged,
+            bytes: (last - purged) * 100,
         }
+    }
+
+    /// A bound on entries only.
+    fn entries(max_entries: u64) -> WitnessLogBound {
+        WitnessLogBound {
+            max_entries,
+            max_bytes: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn the_byte_bound_keeps_what_fits_at_the_mean_entry_size() {
+        let mut warned = 0;
+        // 5000 entries of 100 bytes (500 KB), at most 200 KB: keep 2000 entries.
+        let bound = WitnessLogBound {
+            max_entries: 1_000_000,
+            max_bytes: 200_000,
+        };
+        let d = witness_purge_decision(&purge(Some(4_500), 0, 5_000, 100), bound, &mut warned);
+        assert_eq!(d.purge_to, Some(3_000));
+        assert_eq!(d.warn_forced, Some(3_000));
+        // Within the bytes: the floor rules.
+        let d = witness_purge_decision(&purge(Some(4_500), 0, 1_000, 100), bound, &mut 0);
+        assert_eq!(d.purge_to, Some(100));
+        assert_eq!(d.warn_forced, None);
+        // The lower of the two bounds applies.
+        let both = WitnessLogBound {
+            max_entries: 500,
+            max_bytes: 200_000,
+        };
+        let d = witness_purge_decision(&purge(Some(4_500), 0, 5_000, 100), both, &mut 0);
+        assert_eq!(d.purge_to, Some(4_500));
     }
 
     #[test]
     fn no_snapshot_no_purge() {
         let mut warned = 0;
-        let d = witness_purge_decision(&purge(None, 0, 5_000, 4_000), 1_000, &mut warned);
+        let d = witness_purge_decision(&purge(None, 0, 5_000, 4_000), entries(1_000), &mut warned);
         assert_eq!(d, PurgeDecision::default());
     }
 
@@ -478,17 +548,21 @@ mod tests {
     fn purge_up_to_the_floor_or_the_snapshot_whichever_is_lower() {
         let mut warned = 0;
         // Floor below the snapshot: up to the floor.
-        let d = witness_purge_decision(&purge(Some(500), 0, 600, 300), 1_000, &mut warned);
+        let d = witness_purge_decision(&purge(Some(500), 0, 600, 300), entries(1_000), &mut warned);
         assert_eq!(d.purge_to, Some(300));
         assert_eq!(d.warn_forced, None);
         // Floor above the snapshot: up to the snapshot.
-        let d = witness_purge_decision(&purge(Some(500), 0, 600, 900), 1_000, &mut warned);
+        let d = witness_purge_decision(&purge(Some(500), 0, 600, 900), entries(1_000), &mut warned);
         assert_eq!(d.purge_to, Some(500));
         // Already purged that far: nothing to do.
-        let d = witness_purge_decision(&purge(Some(500), 500, 600, 900), 1_000, &mut warned);
+        let d = witness_purge_decision(
+            &purge(Some(500), 500, 600, 900),
+            entries(1_000),
+            &mut warned,
+        );
         assert_eq!(d.purge_to, None);
         // No floor yet: nothing.
-        let d = witness_purge_decision(&purge(Some(500), 0, 600, 0), 1_000, &mut warned);
+        let d = witness_purge_decision(&purge(Some(500), 0, 600, 0), entries(1_000), &mut warned);
         assert_eq!(d.purge_to, None);
         assert_eq!(warned, 0);
     }
@@ -497,16 +571,28 @@ mod tests {
     fn over_the_bound_purges_past_the_floor_and_warns_throttled() {
         let mut warned = 0;
         // 5000 entries, bound 1000, floor 100, snapshot 4500: forced to 4000.
-        let d = witness_purge_decision(&purge(Some(4_500), 0, 5_000, 100), 1_000, &mut warned);
+        let d = witness_purge_decision(
+            &purge(Some(4_500), 0, 5_000, 100),
+            entries(1_000),
+            &mut warned,
+        );
         assert_eq!(d.purge_to, Some(4_000));
         assert_eq!(d.warn_forced, Some(4_000));
         assert_eq!(warned, 4_100);
         // Next tick, a little further: within the throttle, no warning.
-        let d = witness_purge_decision(&purge(Some(4_500), 4_000, 5_050, 100), 1_000, &mut warned);
+        let d = witness_purge_decision(
+            &purge(Some(4_500), 4_000, 5_050, 100),
+            entries(1_000),
+            &mut warned,
+        );
         assert_eq!(d.purge_to, Some(4_050));
         assert_eq!(d.warn_forced, None);
         // Past the throttle: warned again.
-        let d = witness_purge_decision(&purge(Some(6_000), 4_050, 5_200, 100), 1_000, &mut warned);
+        let d = witness_purge_decision(
+            &purge(Some(6_000), 4_050, 5_200, 100),
+            entries(1_000),
+            &mut warned,
+        );
         assert_eq!(d.purge_to, Some(4_200));
         assert_eq!(d.warn_forced, Some(4_200));
         assert_eq!(warned, 4_300);
@@ -516,12 +602,20 @@ mod tests {
     fn the_bound_never_purges_past_the_snapshot() {
         let mut warned = 0;
         // Over the bound, but the snapshot is at 2000: forced only to 2000.
-        let d = witness_purge_decision(&purge(Some(2_000), 0, 5_000, 100), 1_000, &mut warned);
+        let d = witness_purge_decision(
+            &purge(Some(2_000), 0, 5_000, 100),
+            entries(1_000),
+            &mut warned,
+        );
         assert_eq!(d.purge_to, Some(2_000));
         assert_eq!(d.warn_forced, Some(2_000));
         // Over the bound but the floor is already further: no warning, the floor rules.
         let mut warned = 0;
-        let d = witness_purge_decision(&purge(Some(4_500), 0, 5_000, 4_200), 1_000, &mut warned);
+        let d = witness_purge_decision(
+            &purge(Some(4_500), 0, 5_000, 4_200),
+            entries(1_000),
+            &mut warned,
+        );
         assert_eq!(d.purge_to, Some(4_200));
         assert_eq!(d.warn_forced, None);
     }

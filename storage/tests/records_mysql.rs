@@ -76,7 +76,12 @@ async fn read_only_transaction_refuses_writes_mysql() {
 #[tokio::test]
 async fn long_query_is_cancelled_mysql() {
     let db = mariadb();
-    long_query_is_cancelled(&db.url(), "SELECT SLEEP(5)").await;
+    // A cross join of MariaDB's sequence tables (SLEEP is refused by the guard).
+    long_query_is_cancelled(
+        &db.url(),
+        "SELECT COUNT(*) FROM seq_1_to_100000 a, seq_1_to_100000 b WHERE a.seq + b.seq > 0",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -269,4 +274,99 @@ async fn connect_errors_redact_the_password() {
 async fn documented_examples_run_mysql() {
     let db = mariadb();
     documented_examples_run(&db.url()).await;
+}
+
+const MARIADB_RUNAWAY: &str =
+    "SELECT COUNT(*) FROM seq_1_to_100000 a, seq_1_to_100000 b WHERE a.seq + b.seq > 0";
+
+#[tokio::test]
+async fn byte_budget_bounds_answers_mysql() {
+    let db = mariadb();
+    // GROUP_CONCAT stops at group_concat_max_len (set per query on read connections).
+    byte_budget_bounds_answers(
+        &db.url(),
+        "SELECT LENGTH(GROUP_CONCAT(a.seq)) FROM seq_1_to_1000000 a",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_mysql() {
+    let db = mariadb();
+    concurrency_is_bounded(&db.url(), MARIADB_RUNAWAY).await;
+}
+
+/// Whatever a previous query on the same pooled connection changed in the session, the
+/// limits are set again before the next one (the guard refuses such statements; the
+/// unchecked path shows the database layer does not rely on that).
+#[tokio::test]
+async fn session_limits_are_set_before_every_query_mysql() {
+    let db = mariadb();
+    let reads = tally_storage::records::ReadPoolOptions {
+        url: None,
+        max_concurrent: 1,
+    };
+    let store = RecordStore::connect_with(&db.url(), &reads).await.unwrap();
+    for set in [
+        "SET SESSION group_concat_max_len = 4",
+        "SET SESSION max_statement_time = 0",
+    ] {
+        store.query_read_only_unchecked(set, LIMITS).await.unwrap();
+        let row = rows(
+            &store,
+            "SELECT @@group_concat_max_len, @@max_statement_time",
+        )
+        .await;
+        assert_eq!(row[0][0], json!(256 << 10), "after {set}: {row:?}");
+        assert_eq!(row[0][1], json!(10.0), "after {set}: {row:?}");
+    }
+}
+
+/// With a read URL of its own (a user with SELECT only), queries run as that user: they
+/// read, and a write — had it passed the guard and the read-only transaction — is refused
+/// by the server's grants. The sink writes as its own user meanwhile.
+#[tokio::test]
+async fn a_select_only_read_user_reads_and_cannot_write_mysql() {
+    let db = mariadb();
+    db.sql(
+        "CREATE USER 'tally_ro'@'localhost' IDENTIFIED BY 'ro-pass?word'; \
+         GRANT SELECT ON tally.* TO 'tally_ro'@'localhost'",
+    )
+    .unwrap();
+    let read_url = db.url().replacen("root@", "tally_ro:ro-pass%3Fword@", 1);
+    let reads = tally_storage::records::ReadPoolOptions {
+        url: Some(read_url.clone()),
+        max_concurrent: 2,
+    };
+    let store = RecordStore::connect_with(&db.url(), &reads).await.unwrap();
+    store
+        .write(batch(0, 1, 1, &sample_events(3, 5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&store, "SELECT CURRENT_USER(), COUNT(*) FROM events").await[0],
+        vec![json!("tally_ro@localhost"), json!(3)]
+    );
+    for write in [
+        "INSERT INTO sink_state (id, applied_index) VALUES (2, 0)",
+        "DELETE FROM events",
+        "CREATE TABLE evil (a INT)",
+    ] {
+        match store.query_read_only_unchecked(write, LIMITS).await {
+            Err(RecordError::Query(message)) => eprintln!("{write} → {message}"),
+            other => panic!("{write}: {other:?}"),
+        }
+    }
+    assert_eq!(count_events(&store).await, 3);
+    // A wrong password is a clear error that does not show it.
+    let bad = tally_storage::records::ReadPoolOptions {
+        url: Some(read_url.replace("ro-pass%3Fword", "wrong?pw")),
+        max_concurrent: 1,
+    };
+    let err = RecordStore::connect_with(&db.url(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tally_ro:***@"), "{err}");
+    assert!(!err.contains("wrong"), "{err}");
 }

@@ -134,6 +134,7 @@ async fn runaway_reader_does_not_block_the_writer() {
     let limits = QueryLimits {
         timeout: Duration::from_secs(3),
         max_rows: 10,
+        max_bytes: 1 << 20,
     };
     let running =
         tokio::spawn(async move { reader.query_read_only(COUNT_TO_A_BILLION, limits).await });
@@ -202,4 +203,33 @@ async fn huge_values_are_capped_at_i64_max() {
 async fn documented_examples_run_sqlite() {
     let (_dir, url) = fresh();
     documented_examples_run(&url).await;
+}
+
+#[tokio::test]
+async fn byte_budget_bounds_answers_sqlite() {
+    let (_dir, url) = fresh();
+    // printf with a width is allowed; SQLite's length limit on read connections stops it.
+    byte_budget_bounds_answers(&url, "SELECT printf('%.*c', 1000000000, 'x')").await;
+    let store = connect(&url).await;
+    for sql in [
+        "SELECT length(replace(hex(printf('%.*c', 200000, 'x')), '7', '77777'))",
+        "SELECT group_concat(printf('%.*c', 100000, 'x')) FROM events",
+    ] {
+        match store.query_read_only(sql, LIMITS).await {
+            Err(RecordError::TooLarge(_)) => {}
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // Too many result columns is the engine's clear refusal.
+    let wide = format!("SELECT {}", vec!["1"; 200].join(", "));
+    match store.query_read_only(&wide, LIMITS).await {
+        Err(RecordError::Query(message)) => assert!(message.contains("columns"), "{message}"),
+        other => panic!("200 columns: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_sqlite() {
+    let (_dir, url) = fresh();
+    concurrency_is_bounded(&url, COUNT_TO_A_BILLION).await;
 }

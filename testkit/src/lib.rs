@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod faketime;
+pub mod pki;
 pub mod usage;
 
 pub use cluster::{ClusterSpec, Keep, NodeSpec, ProcessCluster, Signal};

@@ -1,11 +1,15 @@
 //! A data node that was down while the leader snapshotted and purged its log rejoins by
 //! installing the leader's snapshot, and ends with exactly the leader's state: the same
-//! digest at the same applied index, and the same aggregates.
+//! digest at the same applied index, and the same aggregates. The snapshot travels in
+//! chunks of 4 KiB here (`raft.snapshot_chunk_bytes`), so it takes many requests.
 
 use std::time::{Duration, Instant};
 
 use crate::common::{assert_aggregates_match, now_ms, Cluster, ClusterOpts, DATA_NODES, WITNESS};
 use serde_json::{json, Value};
+
+/// `raft.snapshot_chunk_bytes` of the test cluster: far smaller than the snapshot.
+const CHUNK_BYTES: u64 = 4096;
 
 /// Separate requests posted while the follower is down: each is its own log entry.
 const REQUESTS_WHILE_DOWN: u64 = 300;
@@ -32,6 +36,10 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
     let opts = ClusterOpts {
         snapshot_threshold: Some(50),
         log_keep_behind_snapshot: Some(0),
+        env: vec![(
+            "TALLY_RAFT_SNAPSHOT_CHUNK_BYTES".into(),
+            CHUNK_BYTES.to_string(),
+        )],
         ..ClusterOpts::default()
     };
     let (mut cluster, leader) = Cluster::start_formed(opts).await;
@@ -115,7 +123,21 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
         cluster.log_text(victim).contains("installed snapshot"),
         "node {victim}'s log does not record a snapshot installation"
     );
-    eprintln!("node {victim} rejoined at {index} (snapshot {snapshot_index:?}), digest {digest}");
+    let installed = rejoined
+        .snapshots
+        .iter()
+        .map(|f| f.bytes)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        installed > 3 * CHUNK_BYTES,
+        "the snapshot ({installed} bytes) should have taken several {CHUNK_BYTES}-byte chunks"
+    );
+    eprintln!(
+        "node {victim} rejoined at {index} (snapshot {snapshot_index:?}, {installed} bytes in \
+         {} chunks), digest {digest}",
+        installed.div_ceil(CHUNK_BYTES)
+    );
 
     // Same state, seen through the aggregates too, and equal to what was posted.
     let events: Vec<&Value> = posted.iter().collect();

@@ -133,11 +133,11 @@ fn series_evicts_only_old_buckets_and_tracks_rows() {
         ..GroupKey::default()
     };
     let e = event(Kind::Request, Some(200), None, None);
-    series.add(0, &key, &e);
-    series.add(0, &other, &e);
-    series.add(60_000, &key, &e);
-    series.add(60_000, &key, &e);
-    series.add(120_000, &key, &e);
+    series.add(0, &key, &e, &KeyCaps::UNLIMITED);
+    series.add(0, &other, &e, &KeyCaps::UNLIMITED);
+    series.add(60_000, &key, &e, &KeyCaps::UNLIMITED);
+    series.add(60_000, &key, &e, &KeyCaps::UNLIMITED);
+    series.add(120_000, &key, &e, &KeyCaps::UNLIMITED);
     assert_eq!(series.rows(), 4);
     series.evict_before(60_000);
     assert_eq!(series.rows(), 2);
@@ -148,6 +148,58 @@ fn series_evicts_only_old_buckets_and_tracks_rows() {
     series.evict_before(i64::MAX);
     assert_eq!(series.rows(), 0);
     assert_eq!(series, Series::default());
+}
+
+/// A capped series folds per bucket, keeps its derived bookkeeping through eviction, and
+/// rebuilds the same bookkeeping from bare buckets (as a snapshot load does).
+#[test]
+fn capped_series_folds_per_bucket_and_rebuilds_its_index() {
+    let caps = KeyCaps {
+        max_keys_per_tenant_bucket: 2,
+        max_tenants_per_bucket: 1,
+    };
+    let key = |tenant: &str, resource: &str| GroupKey {
+        tenant: tenant.into(),
+        resource: resource.into(),
+        ..GroupKey::default()
+    };
+    let e = event(Kind::Request, Some(200), None, None);
+    let mut series = Series::default();
+    let mut folds = Vec::new();
+    for bucket in [0, 60_000] {
+        for (tenant, resource) in [
+            ("a", "/1"),
+            ("a", "/2"),
+            ("a", "/3"),
+            ("a", "/4"),
+            ("b", "/1"),
+        ] {
+            folds.push(series.add(bucket, &key(tenant, resource), &e, &caps));
+        }
+    }
+    let per_bucket = [
+        Fold::Own,
+        Fold::Own,
+        Fold::TenantOther,
+        Fold::TenantOther,
+        Fold::AllOther,
+    ];
+    assert_eq!(folds, [per_bucket, per_bucket].concat());
+    // Per bucket: a/1, a/2, a/__other__ (2 events), __other__ (1 event).
+    assert_eq!((series.rows(), series.overflow_rows()), (8, 4));
+    let first = &series.buckets()[&0];
+    assert_eq!(first[&key("a", "/1").folded(Fold::TenantOther)].requests, 2);
+    assert_eq!(first[&key("b", "/1").folded(Fold::AllOther)].requests, 1);
+    let total: u64 = first.values().map(|m| m.requests).sum();
+    assert_eq!(total, 5, "folding keeps every event");
+
+    let rebuilt = Series::from_buckets(series.buckets().clone());
+    assert_eq!(rebuilt, series);
+    series.evict_before(60_000);
+    assert_eq!((series.rows(), series.overflow_rows()), (4, 2));
+    assert_eq!(Series::from_buckets(series.buckets().clone()), series);
+    // A key the bucket already holds is counted as itself even when the bucket is full.
+    assert_eq!(series.add(60_000, &key("a", "/2"), &e, &caps), Fold::Own);
 }
 
 #[test]

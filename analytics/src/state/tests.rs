@@ -4,6 +4,7 @@ use crate::aggregate::{
 };
 use crate::dedup::DEDUP_WINDOW_MS;
 use crate::event::{Event, Kind};
+use crate::overflow::OTHER;
 
 /// 2024-05-01T12:00:00Z
 const T0: i64 = 1_714_564_800_000;
@@ -177,7 +178,8 @@ fn retention_drops_old_buckets_per_granularity() {
             buckets_hour: 1,
             buckets_day: 1,
             dedup_ids: 1,
-            events_applied: 1
+            events_applied: 1,
+            ..StateStats::default()
         }
     );
     // The minute bucket of T0 starts at T0; it survives while T0 >= now - 48h.
@@ -489,4 +491,189 @@ fn sink_queue_follows_counted_events_and_survives_snapshots() {
     let (pending, upto) = state.sink_pending(1, 100);
     assert_eq!(pending.len(), 1);
     assert_eq!(upto, 3);
+}
+
+fn caps(keys: u32, tenants: u32) -> KeyCaps {
+    KeyCaps {
+        max_keys_per_tenant_bucket: keys,
+        max_tenants_per_bucket: tenants,
+    }
+}
+
+fn tenant_event(id: &str, tenant: &str, resource: &str, ts_ms: i64) -> Event {
+    Event {
+        tenant: tenant.into(),
+        resource: Some(resource.into()),
+        ..ev(id, ts_ms, "pets")
+    }
+}
+
+/// Rows of one granularity as `(bucket_ms, tenant, resource, requests)`.
+fn rows(state: &State, granularity: Granularity) -> Vec<(i64, String, String, u64)> {
+    let query = AggregateQuery {
+        group_by: vec![KeyColumn::Tenant, KeyColumn::Resource],
+        ..AggregateQuery::new(granularity)
+    };
+    state
+        .query(&query)
+        .into_iter()
+        .map(|r| {
+            (
+                r.bucket_ms,
+                r.group[0].1.clone(),
+                r.group[1].1.clone(),
+                r.measures.requests,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_tenants_keys_past_the_cap_fold_into_its_overflow_key() {
+    let mut state = State::new();
+    // 10 distinct resources in one minute, cap 3: three rows of their own, 7 folded.
+    let events: Vec<Event> = (0..10)
+        .map(|i| tenant_event(&format!("e{i}"), "acme", &format!("/r{i}"), T0 + i))
+        .collect();
+    state.apply_capped(1, &entry(T0, vec![events]), &caps(3, 10));
+    let minute = rows(&state, Granularity::Minute);
+    assert_eq!(
+        minute,
+        vec![
+            (T0, "acme".into(), "/r0".into(), 1),
+            (T0, "acme".into(), "/r1".into(), 1),
+            (T0, "acme".into(), "/r2".into(), 1),
+            (T0, "acme".into(), OTHER.into(), 7),
+        ]
+    );
+    let stats = state.stats();
+    assert_eq!(stats.overflow_events.minute, 7);
+    assert_eq!(stats.overflow_events.hour, 7);
+    assert_eq!(stats.overflow_events.day, 7);
+    assert_eq!(
+        (
+            stats.overflow_keys_minute,
+            stats.overflow_keys_hour,
+            stats.overflow_keys_day
+        ),
+        (1, 1, 1)
+    );
+    for granularity in Granularity::ALL {
+        assert_eq!(total_requests(&state, granularity), 10, "{granularity:?}");
+    }
+    // The overflow key's other fields are all "__other__".
+    let all = state.query(&AggregateQuery::new(Granularity::Minute));
+    let overflow: Vec<_> = all.iter().filter(|r| r.group[4].1 == OTHER).collect();
+    assert_eq!(overflow.len(), 1);
+    assert!(
+        overflow[0].group[1..].iter().all(|(_, v)| v == OTHER),
+        "{overflow:?}"
+    );
+    // The sink learns where each event was counted.
+    let (pending, _) = state.sink_pending(0, 100);
+    let folds: Vec<Fold> = pending
+        .iter()
+        .map(|p| p.folds.get(Granularity::Minute))
+        .collect();
+    assert_eq!(folds[..3], [Fold::Own; 3]);
+    assert_eq!(folds[3..], [Fold::TenantOther; 7]);
+}
+
+#[test]
+fn the_cap_is_per_bucket_and_per_granularity() {
+    let mut state = State::new();
+    // Two keys per minute over two minutes of one hour, cap 2: no minute bucket is full,
+    // but the hour bucket holds four keys, so two of them fold there.
+    let events = vec![
+        tenant_event("a", "acme", "/1", T0),
+        tenant_event("b", "acme", "/2", T0),
+        tenant_event("c", "acme", "/3", T0 + MINUTE),
+        tenant_event("d", "acme", "/4", T0 + MINUTE),
+    ];
+    state.apply_capped(1, &entry(T0 + 2 * MINUTE, vec![events]), &caps(2, 10));
+    let stats = state.stats();
+    assert_eq!(
+        (
+            stats.overflow_events.minute,
+            stats.overflow_events.hour,
+            stats.overflow_events.day
+        ),
+        (0, 2, 2)
+    );
+    assert_eq!(rows(&state, Granularity::Minute).len(), 4);
+    assert_eq!(
+        rows(&state, Granularity::Hour),
+        vec![
+            (T0, "acme".into(), "/1".into(), 1),
+            (T0, "acme".into(), "/2".into(), 1),
+            (T0, "acme".into(), OTHER.into(), 2),
+        ]
+    );
+}
+
+#[test]
+fn tenants_past_the_cap_fold_into_the_all_other_key() {
+    let mut state = State::new();
+    let events: Vec<Event> = (0..6)
+        .map(|i| tenant_event(&format!("e{i}"), &format!("t{i}"), "/r", T0))
+        .collect();
+    state.apply_capped(1, &entry(T0, vec![events]), &caps(100, 2));
+    assert_eq!(
+        rows(&state, Granularity::Day),
+        vec![
+            (T0 - T0 % DAY, OTHER.into(), OTHER.into(), 4),
+            (T0 - T0 % DAY, "t0".into(), "/r".into(), 1),
+            (T0 - T0 % DAY, "t1".into(), "/r".into(), 1),
+        ]
+    );
+    assert_eq!(state.stats().overflow_events.day, 4);
+    // A later entry: a known tenant still gets new keys, a new one still folds.
+    let more = vec![
+        tenant_event("f", "t1", "/s", T0),
+        tenant_event("g", "t9", "/s", T0),
+    ];
+    state.apply_capped(2, &entry(T0, vec![more]), &caps(100, 2));
+    let minute = rows(&state, Granularity::Minute);
+    assert!(minute.contains(&(T0, "t1".into(), "/s".into(), 1)));
+    assert!(minute.contains(&(T0, OTHER.into(), OTHER.into(), 5)));
+    assert_eq!(total_requests(&state, Granularity::Minute), 8);
+}
+
+#[test]
+fn uncapped_apply_is_the_old_behaviour() {
+    let events: Vec<Event> = (0..50)
+        .map(|i| {
+            tenant_event(
+                &format!("e{i}"),
+                &format!("t{}", i % 7),
+                &format!("/r{i}"),
+                T0,
+            )
+        })
+        .collect();
+    let mut old = State::new();
+    old.apply(1, &entry(T0, vec![events.clone()]));
+    let mut unlimited = State::new();
+    unlimited.apply_capped(1, &entry(T0, vec![events]), &KeyCaps::UNLIMITED);
+    assert_eq!(old, unlimited);
+    assert_eq!(old.stats().overflow_events, OverflowCounts::default());
+    assert_eq!(old.stats().buckets_minute, 50);
+}
+
+#[test]
+fn the_digest_covers_the_overflow_counters() {
+    let mut state = State::new();
+    let events: Vec<Event> = (0..4)
+        .map(|i| tenant_event(&format!("e{i}"), "acme", &format!("/r{i}"), T0))
+        .collect();
+    state.apply_capped(1, &entry(T0, vec![events]), &caps(1, 1));
+    let digest = state.digest();
+    let mut tweaked = state.clone();
+    tweaked.analytic.overflow.hour += 1;
+    assert_ne!(tweaked.digest(), digest);
+    let restored = State::decode_snapshot(&state.encode_snapshot()).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.digest(), digest);
+    assert_eq!(restored.stats(), state.stats());
+    assert_eq!(restored.sink_pending(0, 10), state.sink_pending(0, 10));
 }

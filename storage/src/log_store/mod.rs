@@ -60,6 +60,8 @@ pub struct LogStats {
     pub last_index: Option<u64>,
     /// Number of entries; the log has no holes, so this is `last - first + 1`.
     pub entries: u64,
+    /// Bytes of the stored entries (their encodings; sled's own overhead not counted).
+    pub bytes: u64,
 }
 
 /// The Raft log store. Cheap to clone: clones share one sled database, one set of file handles
@@ -95,11 +97,18 @@ impl<C> LogStore<C> {
         // Trees just created exist only in memory: flush so the fsync below covers them.
         db.flush()?;
         let files = SledFiles::open(dir)?;
+        // What the stored entries weigh, counted once here and kept up to date by every
+        // append and removal (bounded by the log's own size, which retention bounds).
+        let mut log_bytes = 0u64;
+        for value in logs.iter().values() {
+            log_bytes += value?.len() as u64;
+        }
         Ok(LogStore {
             inner: Arc::new(Inner {
                 db,
                 logs,
                 meta,
+                log_bytes: AtomicU64::new(log_bytes),
                 written: AtomicU64::new(0),
                 failed: AtomicBool::new(false),
                 sync: Mutex::new(SyncState { files, synced: 0 }),
@@ -138,6 +147,7 @@ impl<C> LogStore<C> {
             first_index,
             last_index,
             entries,
+            bytes: self.inner.log_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -153,6 +163,8 @@ pub(crate) struct Inner {
     pub(crate) db: sled::Db,
     pub(crate) logs: sled::Tree,
     pub(crate) meta: sled::Tree,
+    /// Bytes of the values in `logs`.
+    pub(crate) log_bytes: AtomicU64,
     /// Sequence number of the last mutation applied in memory.
     written: AtomicU64,
     /// Set once a sync failed; every later write is refused (see `StorageError::SyncFailed`).

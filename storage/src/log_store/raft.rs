@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::Ordering;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -99,10 +100,19 @@ where
     /// Removes every entry whose index is in `range`, atomically.
     fn remove_entries(&self, range: (Bound<[u8; 8]>, Bound<[u8; 8]>)) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for key in self.inner.logs.range(range).keys() {
-            batch.remove(key?);
+        let mut removed = 0u64;
+        for item in self.inner.logs.range(range) {
+            let (key, value) = item?;
+            removed += value.len() as u64;
+            batch.remove(key);
         }
         self.inner.logs.apply_batch(batch)?;
+        let _ = self
+            .inner
+            .log_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(removed))
+            });
         Ok(())
     }
 }
@@ -218,14 +228,18 @@ where
     {
         self.inner.check_writable()?;
         let mut batch = sled::Batch::default();
+        let mut added = 0u64;
         for entry in entries {
-            batch.insert(&index_key(entry.index()), encode("log entry", &entry)?);
+            let value = encode("log entry", &entry)?;
+            added += value.len() as u64;
+            batch.insert(&index_key(entry.index()), value);
         }
         // One atomic batch: readable as soon as we return, and never half-applied.
         self.inner
             .logs
             .apply_batch(batch)
             .map_err(StorageError::from)?;
+        self.inner.log_bytes.fetch_add(added, Ordering::Relaxed);
         let ticket = self.inner.mark_written();
 
         // One flush + fsync for the whole call, then the callback: openraft may count these

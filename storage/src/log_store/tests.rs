@@ -123,7 +123,8 @@ async fn purge_removes_the_head_and_is_remembered() {
         LogStats {
             first_index: Some(5),
             last_index: Some(10),
-            entries: 6
+            entries: 6,
+            bytes: store.log_stats().bytes,
         }
     );
 
@@ -328,4 +329,26 @@ fn works_without_a_tokio_runtime() {
         rx.await.unwrap().unwrap();
     });
     assert_eq!(store.sync_stats().fsyncs, 2);
+}
+
+#[tokio::test]
+async fn log_bytes_follow_appends_purges_truncations_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry =
+        |i: u64, size: usize| EntryOf::<TestConfig>::new_normal(lid(1, i), "x".repeat(size));
+    let bytes = {
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.log_stats().bytes, 0);
+        append_and_wait(&mut store, (1..=10).map(|i| entry(i, 1000)).collect()).await;
+        let full = store.log_stats().bytes;
+        assert!((10_000..11_000).contains(&full), "{full}");
+        store.purge(lid(1, 4)).await.unwrap();
+        let after_purge = store.log_stats().bytes;
+        assert_eq!(after_purge, full / 10 * 6, "six equal entries left");
+        store.truncate_after(Some(lid(1, 8))).await.unwrap();
+        assert_eq!(store.log_stats().bytes, full / 10 * 4);
+        store.log_stats().bytes
+    };
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.log_stats().bytes, bytes, "counted again at open");
 }

@@ -3,8 +3,9 @@
 /// Everything that can go wrong in the record store.
 ///
 /// The variants split by who must act: [`SqlRejected`](Self::SqlRejected),
-/// [`Query`](Self::Query) and [`QueryTimeout`](Self::QueryTimeout) are the SQL user's to
-/// fix (HTTP 400); [`CursorMoved`](Self::CursorMoved) tells the sink to re-read the cursor;
+/// [`Query`](Self::Query), [`QueryTimeout`](Self::QueryTimeout) and
+/// [`TooLarge`](Self::TooLarge) are the SQL user's to fix (HTTP 400/413);
+/// [`Busy`](Self::Busy) asks them to retry (503); [`CursorMoved`](Self::CursorMoved) tells the sink to re-read the cursor;
 /// [`InvalidUrl`](Self::InvalidUrl) and [`Schema`](Self::Schema) are configuration errors;
 /// the rest mean the store is unreachable or failing (HTTP 503, retry later).
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,18 @@ pub enum RecordError {
     /// The query ran past its statement timeout and was cancelled.
     #[error("{0}")]
     QueryTimeout(String),
+
+    /// The answer, or one value in it, would pass a size bound (`sql.max_result_bytes`, or
+    /// the engine's value limit on the read connections); the message names the bound.
+    #[error("{0}")]
+    TooLarge(String),
+
+    /// Every read slot is taken (`sql.max_concurrent` queries are running); retry shortly.
+    #[error(
+        "{max_concurrent} SQL queries are already running on this node (sql.max_concurrent); \
+         retry shortly"
+    )]
+    Busy { max_concurrent: usize },
 
     /// The database refused or failed the (already checked) query: unknown column, type
     /// error, a write refused by the read-only transaction, ... The message is the

@@ -2,8 +2,11 @@
 //!
 //! A statement passes only if it is exactly one query (`SELECT`, `WITH … SELECT`, set
 //! operations, `VALUES`) with no locking clause, no `INTO`, no nested data-modifying
-//! statement and no call to a function that touches files, extensions or session locks.
-//! `EXPLAIN` is refused too: the SQL endpoint allows one `SELECT`/`WITH` statement, nothing else.
+//! statement, no call to a function that touches files, leaves session state behind,
+//! waits on purpose or builds a value of a length the query picks, and no user variable,
+//! `:=` assignment or parameter (queries share pooled connections: nothing one query sets
+//! may reach the next). `EXPLAIN` is refused too: the SQL endpoint allows one
+//! `SELECT`/`WITH` statement, nothing else.
 //!
 //! What the parser cannot see it refuses: MySQL/MariaDB executable comments (`/*! … */`,
 //! `/*M! … */`) and optimizer hints (`/*+ … */`), because the server runs text in them that
@@ -25,23 +28,94 @@ const LOCKING: &str = "locking clauses (FOR UPDATE, FOR SHARE, LOCK IN SHARE MOD
 /// Longer SQL is refused before parsing: bounds parser work, and no dashboard needs more.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
 
-/// Functions that read or write files, load code, or leave session state (named locks)
-/// behind on a pooled connection. Compared case-insensitively with every identifier.
-const DENIED_FUNCTIONS: [&str; 11] = [
+/// Why a function is denied; the error message says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denied {
+    /// Reads or writes files, runs programs, loads code.
+    Files,
+    /// Leaves state behind on a pooled connection (named locks, sequences, the session's
+    /// last insert id).
+    SessionState,
+    /// Waits on purpose: sleeps, busy loops, replication waits. One such query holds a read
+    /// connection for the whole statement timeout while doing nothing useful.
+    Waits,
+    /// Builds a value whose length the query chooses (a few bytes of SQL, gigabytes of
+    /// memory). Dashboards format values in the client instead.
+    HugeValues,
+}
+
+/// Functions the endpoint refuses, compared case-insensitively with every identifier
+/// (quoted or not: MySQL calls a back-quoted native function too). Value builders that
+/// are not here (`CONCAT`, `REPLACE`, `printf`, `GROUP_CONCAT`, …) are bounded by the
+/// engine limits the read connections run under (see `connect.rs`) and by the answer's
+/// byte budget.
+const DENIED_FUNCTIONS: &[(&str, Denied)] = &[
     // MySQL / MariaDB
-    "load_file",
-    "get_lock",
-    "release_lock",
-    "release_all_locks",
-    "sys_exec",
-    "sys_eval",
+    ("load_file", Denied::Files),
+    ("sys_exec", Denied::Files),
+    ("sys_eval", Denied::Files),
+    ("get_lock", Denied::SessionState),
+    ("release_lock", Denied::SessionState),
+    ("release_all_locks", Denied::SessionState),
+    ("is_free_lock", Denied::SessionState),
+    ("is_used_lock", Denied::SessionState),
+    ("last_insert_id", Denied::SessionState),
+    ("nextval", Denied::SessionState),
+    ("setval", Denied::SessionState),
+    ("lastval", Denied::SessionState),
+    ("sleep", Denied::Waits),
+    ("benchmark", Denied::Waits),
+    ("master_pos_wait", Denied::Waits),
+    ("source_pos_wait", Denied::Waits),
+    ("master_gtid_wait", Denied::Waits),
+    ("wait_for_executed_gtid_set", Denied::Waits),
+    ("wait_until_sql_thread_after_gtids", Denied::Waits),
+    ("repeat", Denied::HugeValues),
+    ("space", Denied::HugeValues),
+    ("rpad", Denied::HugeValues),
+    ("lpad", Denied::HugeValues),
+    ("uncompress", Denied::HugeValues),
     // SQLite
-    "load_extension",
-    "readfile",
-    "writefile",
-    "fsdir",
-    "fts3_tokenizer",
+    ("load_extension", Denied::Files),
+    ("readfile", Denied::Files),
+    ("writefile", Denied::Files),
+    ("fsdir", Denied::Files),
+    ("fts3_tokenizer", Denied::Files),
+    ("zeroblob", Denied::HugeValues),
+    ("randomblob", Denied::HugeValues),
 ];
+
+/// Identifiers with this prefix are refused too: the `lib_mysqludf_sys` family
+/// (`sys_exec`, `sys_eval`, `sys_get`, `sys_set`, …) runs programs on the database host.
+const DENIED_PREFIX: &str = "sys_";
+
+fn denied(name: &str) -> Option<Denied> {
+    if name.starts_with(DENIED_PREFIX) {
+        return Some(Denied::Files);
+    }
+    DENIED_FUNCTIONS
+        .iter()
+        .find(|(denied, _)| *denied == name)
+        .map(|(_, why)| *why)
+}
+
+fn denied_message(shown: &str, why: Denied) -> String {
+    let reason = match why {
+        Denied::Files => "the SQL endpoint never touches files, programs or extensions",
+        Denied::SessionState => {
+            "queries share pooled connections, so nothing may leave session state (locks, \
+             sequences, insert ids) behind"
+        }
+        Denied::Waits => {
+            "it waits on purpose and would hold one of the few read connections for the \
+             whole statement timeout"
+        }
+        Denied::HugeValues => {
+            "it builds a value as long as the query asks for; format values in the client"
+        }
+    };
+    format!("`{shown}` is not allowed: {reason}")
+}
 
 /// Checks that `sql` is exactly one read-only query. The error message says what was
 /// refused and what is allowed.
@@ -58,8 +132,8 @@ fn check(sql: &str, dialect: Dialect) -> Result<(), String> {
     }
     check_comments(sql)?;
     let parsed = match dialect {
-        Dialect::MySql => parse(&MySqlDialect {}, sql)?,
-        Dialect::Sqlite => parse(&SQLiteDialect {}, sql)?,
+        Dialect::MySql => parse(&MySqlDialect {}, sql, true)?,
+        Dialect::Sqlite => parse(&SQLiteDialect {}, sql, false)?,
     };
     let statement = match parsed.as_slice() {
         [] => return Err("no SQL statement given: send one SELECT query".into()),
@@ -87,7 +161,11 @@ fn check(sql: &str, dialect: Dialect) -> Result<(), String> {
 
 /// Parses, and refuses denied function names on the token stream (wherever they appear:
 /// call, table function, quoted identifier).
-fn parse(dialect: &dyn sqlparser::dialect::Dialect, sql: &str) -> Result<Vec<Statement>, String> {
+fn parse(
+    dialect: &dyn sqlparser::dialect::Dialect,
+    sql: &str,
+    mysql: bool,
+) -> Result<Vec<Statement>, String> {
     let tokens = Tokenizer::new(dialect, sql)
         .tokenize()
         .map_err(|e| format!("cannot parse the SQL: {e}"))?;
@@ -99,18 +177,21 @@ fn parse(dialect: &dyn sqlparser::dialect::Dialect, sql: &str) -> Result<Vec<Sta
             _ => Some(None),
         })
         .collect();
+    check_variables(&tokens, mysql)?;
     for (i, word) in words.iter().enumerate() {
         let Some(word) = word else { continue };
         let name = word.value.to_ascii_lowercase();
-        if DENIED_FUNCTIONS.contains(&name.as_str()) {
-            return Err(format!(
-                "`{}` is not allowed: the SQL endpoint never touches files, extensions or \
-                 session locks",
-                word.value
-            ));
+        if let Some(why) = denied(&name) {
+            return Err(denied_message(&word.value, why));
         }
-        // These MySQL forms do not parse at all; say what is wrong instead of "expected …".
         let unquoted = word.quote_style.is_none();
+        let next_is = |offset: usize, keyword: &str| {
+            words
+                .get(i + offset)
+                .and_then(|w| w.as_ref())
+                .is_some_and(|w| w.value.eq_ignore_ascii_case(keyword) && w.quote_style.is_none())
+        };
+        // These MySQL forms do not parse at all; say what is wrong instead of "expected …".
         if unquoted && (name == "outfile" || name == "dumpfile") {
             return Err(format!(
                 "SELECT … INTO {} is not allowed: results are returned to you, never written \
@@ -118,15 +199,51 @@ fn parse(dialect: &dyn sqlparser::dialect::Dialect, sql: &str) -> Result<Vec<Sta
                 name.to_ascii_uppercase()
             ));
         }
-        let next_is_in = words
-            .get(i + 1)
-            .and_then(|w| w.as_ref())
-            .is_some_and(|w| w.value.eq_ignore_ascii_case("in") && w.quote_style.is_none());
-        if unquoted && name == "lock" && next_is_in {
+        if unquoted && name == "lock" && next_is(1, "in") {
             return Err(LOCKING.into());
+        }
+        // MariaDB's sequence syntax: `NEXT VALUE FOR s` moves the sequence (a write).
+        if unquoted && (name == "next" || name == "previous") && next_is(1, "value") {
+            return Err(
+                "`NEXT VALUE FOR` / `PREVIOUS VALUE FOR` are not allowed: sequences are \
+                 session state, and moving one is a write"
+                    .into(),
+            );
         }
     }
     Parser::parse_sql(dialect, sql).map_err(|e| format!("cannot parse the SQL: {e}"))
+}
+
+/// User variables, assignments and parameters. A user variable set by one query would
+/// survive on the pooled connection into the next one (and hold server memory there);
+/// parameters are never bound, so SQLite would read them as NULL. System variables
+/// (`@@version`) may be read on MySQL: nothing in a query can assign them.
+fn check_variables(tokens: &[Token], mysql: bool) -> Result<(), String> {
+    const VARIABLES: &str = "user variables (`@name`) and `:=` are not allowed: queries share \
+         pooled connections, and a variable set by one would survive into the next";
+    for token in tokens {
+        match token {
+            Token::Assignment => return Err(VARIABLES.into()),
+            Token::Word(w)
+                if mysql
+                    && w.quote_style.is_none()
+                    && w.value.starts_with('@')
+                    && !w.value.starts_with("@@") =>
+            {
+                return Err(VARIABLES.into())
+            }
+            Token::AtSign | Token::AtAt if mysql => return Err(VARIABLES.into()),
+            Token::Placeholder(_) | Token::AtSign | Token::AtAt | Token::Colon => {
+                return Err(
+                    "parameters (`?`, `:name`, `@name`, `$name`) are not supported: \
+                     write the values into the SQL"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Executable comments and hints: refused anywhere in the text, string literals included
@@ -241,8 +358,10 @@ mod tests {
             }
         }
         let mysql_only = [
-            "SELECT SLEEP(1)",
             "SELECT `api_name` FROM `events` LIMIT 1",
+            "SELECT @@version, @@session.time_zone",
+            "SELECT GROUP_CONCAT(api_name) FROM events",
+            "SELECT CONCAT(api_name, ':', method), FORMAT(12345.678, 2) FROM events",
             "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 5) SELECT * FROM c",
         ];
         for sql in mysql_only {
@@ -251,6 +370,8 @@ mod tests {
         let sqlite_only = [
             "SELECT \"api_name\" FROM \"events\"",
             "SELECT * FROM pragma_table_info('events')",
+            "SELECT printf('%.2f', 1.5), group_concat(api_name, ',') FROM events",
+            "SELECT '12:30' AS t, '@x' AS v, '?' AS q",
             "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 5) SELECT COUNT(*) FROM c",
         ];
         for sql in sqlite_only {
@@ -351,6 +472,110 @@ mod tests {
                 eprintln!("Sqlite {sql:?} → {v:?}");
             }
             assert!(v.is_err(), "Sqlite accepted {sql:?}");
+        }
+    }
+
+    /// Every denied function, in both dialects, called plainly, in another case, back-quoted
+    /// or as a table function: refused, with the reason of its kind.
+    #[test]
+    fn denied_functions_are_refused_with_their_reason() {
+        let reasons = [
+            (Denied::Files, "files"),
+            (Denied::SessionState, "session state"),
+            (Denied::Waits, "waits on purpose"),
+            (Denied::HugeValues, "builds a value"),
+        ];
+        for (name, why) in DENIED_FUNCTIONS {
+            let needle = reasons.iter().find(|(w, _)| w == why).unwrap().1;
+            let upper = name.to_ascii_uppercase();
+            for sql in [
+                format!("SELECT {name}(1)"),
+                format!("SELECT {upper}('x', 2) FROM events"),
+                format!("SELECT * FROM events WHERE api_name = {name}(1, 2)"),
+                format!("SELECT * FROM {name}('/')"),
+                format!("SELECT `{name}`(1)"),
+                format!("SELECT {name} /* comment */ (1)"),
+            ] {
+                for dialect in BOTH {
+                    let message = verdict(&sql, dialect).unwrap_err();
+                    assert!(
+                        message.contains(needle) && message.to_ascii_lowercase().contains(name),
+                        "{dialect:?}: {sql:?} → {message:?} (expected {needle:?})"
+                    );
+                }
+            }
+        }
+        // The sys_ family, whatever the member.
+        for sql in ["SELECT sys_get('x')", "SELECT SYS_SET('a', 'b')"] {
+            let message = verdict(sql, Dialect::MySql).unwrap_err();
+            assert!(message.contains("files"), "{sql:?} → {message:?}");
+        }
+        // The ones named in the brief of this guard, spelled as attackers do.
+        let hostile = [
+            "SELECT SLEEP(10)",
+            "SELECT BENCHMARK(100000000, MD5('x'))",
+            "SELECT MASTER_POS_WAIT('log', 4)",
+            "SELECT WAIT_FOR_EXECUTED_GTID_SET('x', 10)",
+            "SELECT REPEAT('x', 16000000) FROM events a, events b",
+            "SELECT RPAD('x', 1000000000, 'y')",
+            "SELECT zeroblob(999999999) FROM events",
+            "SELECT hex(randomblob(1000000000))",
+            "SELECT NEXT VALUE FOR s",
+            "SELECT PREVIOUS VALUE FOR s",
+        ];
+        for sql in hostile {
+            for dialect in BOTH {
+                assert!(
+                    verdict(sql, dialect).is_err(),
+                    "{dialect:?} accepted {sql:?}"
+                );
+            }
+        }
+    }
+
+    /// A name in a string literal is text, not a call.
+    #[test]
+    fn denied_names_inside_strings_are_text() {
+        for dialect in BOTH {
+            assert_eq!(
+                verdict("SELECT 'sleep(5) and repeat(x)' AS s", dialect),
+                Ok(())
+            );
+        }
+    }
+
+    #[test]
+    fn user_variables_assignments_and_parameters_are_refused() {
+        let mysql = [
+            ("SELECT @x := 1", "user variables"),
+            ("SELECT @x", "user variables"),
+            (
+                "SELECT * FROM events WHERE ts_ms > @since",
+                "user variables",
+            ),
+            ("SELECT @'quoted'", "user variables"),
+            ("SELECT @`quoted`", "user variables"),
+            (
+                "SELECT api_name FROM events WHERE (@n := @n + 1) < 3",
+                "user variables",
+            ),
+            ("SELECT ?", "parameters"),
+        ];
+        for (sql, needle) in mysql {
+            let message = verdict(sql, Dialect::MySql).unwrap_err();
+            assert!(message.contains(needle), "{sql:?} → {message:?}");
+        }
+        let sqlite = [
+            "SELECT ?",
+            "SELECT ?1",
+            "SELECT :name",
+            "SELECT @name",
+            "SELECT $name",
+            "SELECT * FROM events WHERE ts_ms > :since",
+        ];
+        for sql in sqlite {
+            let message = verdict(sql, Dialect::Sqlite).unwrap_err();
+            assert!(message.contains("parameters"), "{sql:?} → {message:?}");
         }
     }
 

@@ -1,12 +1,14 @@
 //! Usage deltas: what a set of newly inserted events adds to `usage_minute/hour/day`.
 //!
 //! The measures come from `tally_analytics::Measures::add`, the same function the in-memory state
-//! uses, so the tables and `/v1/aggregates` count alike by construction.
+//! uses, so the tables and `/v1/aggregates` count alike by construction. Each event goes under
+//! the key the state counted it under at that granularity (its own, or an `__other__` overflow
+//! key when the bucket was full), which the state hands over with the event.
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use tally_analytics::{Event, Granularity, Measures};
+use tally_analytics::{Event, Fold, Folds, Granularity, Measures};
 
 /// The six key columns of a usage row (docs/sql.md); absent optional fields are `""`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,6 +30,20 @@ impl<'a> UsageKey<'a> {
             application_id: event.application_id.as_deref().unwrap_or(""),
             resource: event.resource.as_deref().unwrap_or(""),
             method: event.method.as_deref().unwrap_or(""),
+        }
+    }
+
+    /// This key after the state's key cap folded it (`Fold::Own` leaves it as it is).
+    pub fn folded(&self, fold: Fold) -> Self {
+        let [tenant, api_name, api_version, application_id, resource, method] =
+            fold.columns(self.columns());
+        UsageKey {
+            tenant,
+            api_name,
+            api_version,
+            application_id,
+            resource,
+            method,
         }
     }
 
@@ -69,17 +85,18 @@ pub(crate) fn table(granularity: Granularity) -> &'static str {
 /// Deltas per table, then per `(bucket_ms, key)`; ordered, so statements are deterministic.
 pub(crate) type Deltas<'a> = BTreeMap<Granularity, BTreeMap<(i64, UsageKey<'a>), Measures>>;
 
-/// Adds up `events` into per-bucket deltas for all three granularities.
-pub(crate) fn deltas<'a>(events: impl IntoIterator<Item = &'a Event>) -> Deltas<'a> {
+/// Adds up `events` into per-bucket deltas for all three granularities, each under the key
+/// its folds name for that granularity.
+pub(crate) fn deltas<'a>(events: impl IntoIterator<Item = (&'a Event, Folds)>) -> Deltas<'a> {
     let mut deltas = Deltas::new();
-    for event in events {
+    for (event, folds) in events {
         let key = UsageKey::of(event);
         for granularity in Granularity::ALL {
             let bucket = granularity.bucket_start(event.ts_ms);
             deltas
                 .entry(granularity)
                 .or_default()
-                .entry((bucket, key.clone()))
+                .entry((bucket, key.folded(folds.get(granularity))))
                 .or_default()
                 .add(event);
         }
@@ -132,7 +149,7 @@ mod tests {
             event("c", 60_000 * 6, Kind::Fault, None, Some(3)),
             event("d", -1, Kind::Throttle, None, None),
         ];
-        let deltas = deltas(&events);
+        let deltas = deltas(events.iter().map(|e| (e, Folds::default())));
         let minute = &deltas[&Granularity::Minute];
         let key = UsageKey::of(&events[0]);
         let m5 = minute[&(300_000, key.clone())];
@@ -144,6 +161,42 @@ mod tests {
         let day = &deltas[&Granularity::Day];
         assert_eq!(day[&(0, key.clone())].requests, 2);
         assert_eq!(day[&(-86_400_000, key)].throttled, 1);
+    }
+
+    #[test]
+    fn folded_events_go_under_the_overflow_key_of_their_granularity() {
+        let a = event("a", 60_000, Kind::Request, Some(200), Some(1));
+        let b = Event {
+            tenant: "acme".into(),
+            resource: Some("/x".into()),
+            ..event("b", 60_001, Kind::Request, Some(500), None)
+        };
+        let folds = Folds([Fold::Own, Fold::TenantOther, Fold::AllOther]);
+        let deltas = deltas([(&a, Folds::default()), (&b, folds)]);
+        let keys = |g: Granularity| -> Vec<[&str; 6]> {
+            deltas[&g].keys().map(|(_, k)| k.columns()).collect()
+        };
+        let other = tally_analytics::OTHER;
+        assert_eq!(
+            keys(Granularity::Minute),
+            [
+                ["", "pets", "v1", "", "", ""],
+                ["acme", "pets", "v1", "", "/x", ""]
+            ]
+        );
+        assert_eq!(
+            keys(Granularity::Hour),
+            [
+                ["", "pets", "v1", "", "", ""],
+                ["acme", other, other, other, other, other]
+            ]
+        );
+        assert_eq!(
+            keys(Granularity::Day),
+            [["", "pets", "v1", "", "", ""], [other; 6]]
+        );
+        let day: u64 = deltas[&Granularity::Day].values().map(|m| m.requests).sum();
+        assert_eq!(day, 2);
     }
 
     #[test]

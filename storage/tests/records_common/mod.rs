@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tally_analytics::{AggregateQuery, Event, Granularity, IngestBatch, Kind, State};
 use tally_storage::records::{
-    check_read_only, Dialect, QueryLimits, RecordError, RecordStore, WriteBatch,
+    check_read_only, Dialect, QueryLimits, RecordError, RecordStore, Truncated, WriteBatch,
 };
 
 pub const LIMITS: QueryLimits = QueryLimits {
     timeout: Duration::from_secs(10),
     max_rows: 100_000,
+    max_bytes: 64 << 20,
 };
 
 pub async fn connect(url: &str) -> RecordStore {
@@ -29,7 +30,7 @@ pub async fn rows(store: &RecordStore, sql: &str) -> Vec<Vec<Value>> {
         .query_read_only(sql, LIMITS)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .rows
+        .values()
 }
 
 pub async fn scalar(store: &RecordStore, sql: &str) -> Value {
@@ -109,7 +110,10 @@ pub fn batch(expected: u64, new: u64, index: u64, events: &[Event]) -> WriteBatc
     WriteBatch {
         expected_cursor: expected,
         new_cursor: new,
-        ingest: events.iter().map(|e| (index, T0 + 99, e)).collect(),
+        ingest: events
+            .iter()
+            .map(|e| (index, T0 + 99, e, tally_analytics::Folds::default()))
+            .collect(),
     }
 }
 
@@ -558,8 +562,9 @@ pub async fn accepted_queries_run(url: &str) {
             .query_read_only(sql, LIMITS)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        assert_eq!(result.rows.len(), expected_rows, "{sql}");
-        assert!(!result.truncated);
+        assert_eq!(result.row_count, expected_rows, "{sql}");
+        assert_eq!(result.values().len(), expected_rows, "{sql}");
+        assert!(result.truncated.is_none());
     }
     let total = scalar(
         &store,
@@ -610,6 +615,7 @@ pub async fn long_query_is_cancelled(url: &str, runaway: &str) {
     let limits = QueryLimits {
         timeout: Duration::from_secs(1),
         max_rows: 10,
+        max_bytes: 1 << 20,
     };
     for attempt in 0..2 {
         let started = Instant::now();
@@ -645,12 +651,15 @@ pub async fn row_cap_and_columns(url: &str, expected_types: &[&str]) {
     let limits = QueryLimits {
         timeout: Duration::from_secs(10),
         max_rows: 7,
+        max_bytes: 1 << 20,
     };
     let sql = "SELECT event_id, log_index, ts_ms, response_code, cache_hit, response_time_ms, \
                api_name AS api FROM events ORDER BY event_id";
     let capped = store.query_read_only(sql, limits).await.unwrap();
-    assert!(capped.truncated);
-    assert_eq!(capped.rows.len(), 7);
+    assert_eq!(capped.truncated, Some(Truncated::MaxRows));
+    assert_eq!(capped.row_count, 7);
+    let rows = capped.values();
+    assert_eq!(rows.len(), 7);
     let names: Vec<&str> = capped.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
@@ -666,8 +675,8 @@ pub async fn row_cap_and_columns(url: &str, expected_types: &[&str]) {
     );
     let types: Vec<&str> = capped.columns.iter().map(|c| c.r#type.as_str()).collect();
     assert_eq!(types, expected_types);
-    assert!(capped.rows[0][1].is_u64());
-    assert!(capped.rows[0][0].is_string());
+    assert!(rows[0][1].is_u64());
+    assert!(rows[0][0].is_string());
 
     // Exactly at the cap: not truncated. Then the store goes on answering.
     let exact = store
@@ -677,8 +686,8 @@ pub async fn row_cap_and_columns(url: &str, expected_types: &[&str]) {
         )
         .await
         .unwrap();
-    assert!(!exact.truncated);
-    assert_eq!(exact.rows.len(), 7);
+    assert!(exact.truncated.is_none());
+    assert_eq!(exact.values().len(), 7);
 
     let empty = store
         .query_read_only(
@@ -687,7 +696,8 @@ pub async fn row_cap_and_columns(url: &str, expected_types: &[&str]) {
         )
         .await
         .unwrap();
-    assert!(empty.rows.is_empty() && !empty.truncated);
+    assert!(empty.row_count == 0 && empty.truncated.is_none());
+    assert_eq!(empty.rows.get(), "[]");
     let names: Vec<&str> = empty.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), 7, "{:?}", empty.columns);
     assert_eq!(names[6], "api");
@@ -697,7 +707,7 @@ pub async fn row_cap_and_columns(url: &str, expected_types: &[&str]) {
         ..limits
     };
     let none = store.query_read_only("SELECT 1", zero).await.unwrap();
-    assert!(none.truncated && none.rows.is_empty());
+    assert!(none.truncated == Some(Truncated::MaxRows) && none.row_count == 0);
     assert_eq!(
         scalar(&store, "SELECT COUNT(*) FROM events").await,
         json!(30)
@@ -753,4 +763,111 @@ pub async fn documented_examples_run(url: &str) {
             });
         assert!(!result.columns.is_empty(), "{sql}");
     }
+}
+
+/// The byte budget: the encoded rows never pass it, a longer answer is cut and says so,
+/// and a single row over the whole budget is `TooLarge`. `huge_value` asks for one value
+/// past the read connections' engine limit (256 KiB): the engine refuses it (`TooLarge`),
+/// makes it NULL, or cuts it; `huge_value` returns the value's length, or the value.
+pub async fn byte_budget_bounds_answers(url: &str, huge_value: &str) {
+    let store = connect(url).await;
+    store
+        .write(batch(0, 1, 1, &sample_events(40, 11)))
+        .await
+        .unwrap();
+    let limits = |max_bytes| QueryLimits {
+        timeout: Duration::from_secs(10),
+        max_rows: 1_000,
+        max_bytes,
+    };
+    let sql = "SELECT event_id, api_name, ts_ms FROM events ORDER BY event_id";
+    let all = store.query_read_only(sql, limits(1 << 20)).await.unwrap();
+    assert_eq!((all.row_count, all.truncated), (40, None));
+    let budget = all.rows_bytes() / 3;
+    let cut = store.query_read_only(sql, limits(budget)).await.unwrap();
+    assert_eq!(cut.truncated, Some(Truncated::MaxBytes));
+    assert!(
+        cut.rows_bytes() <= budget,
+        "{} > {budget}",
+        cut.rows_bytes()
+    );
+    assert!(cut.row_count > 0 && cut.row_count < 40, "{}", cut.row_count);
+    // The rows that are there are the first ones, whole.
+    assert_eq!(cut.values()[..], all.values()[..cut.row_count]);
+
+    let wide = format!("SELECT '{}' AS long_text", "x".repeat(3000));
+    match store.query_read_only(&wide, limits(2048)).await {
+        Err(RecordError::TooLarge(message)) => {
+            assert!(message.contains("sql.max_result_bytes"), "{message}")
+        }
+        other => panic!("a 3000-byte row under a 2048-byte budget: {other:?}"),
+    }
+    match store.query_read_only(huge_value, limits(64 << 20)).await {
+        Err(RecordError::TooLarge(message)) => {
+            assert!(message.contains("larger than"), "{message}")
+        }
+        Ok(result) => {
+            let value = &result.values()[0][0];
+            let length = value.as_u64().or(value.as_str().map(|s| s.len() as u64));
+            assert!(
+                value.is_null() || length.is_some_and(|n| n <= 256 << 10),
+                "{huge_value}: {}",
+                result.rows_bytes()
+            );
+        }
+        other => panic!("{huge_value}: {other:?}"),
+    }
+    // The store goes on answering.
+    assert_eq!(scalar(&store, "SELECT 1 + 1").await, json!(2));
+}
+
+/// `max_concurrent` queries run; the next is refused at once (not queued), and the slot
+/// comes back when the running one ends — also when its caller went away early.
+pub async fn concurrency_is_bounded(url: &str, runaway: &str) {
+    let reads = tally_storage::records::ReadPoolOptions {
+        url: None,
+        max_concurrent: 1,
+    };
+    let store = RecordStore::connect_with(url, &reads)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let limits = QueryLimits {
+        timeout: Duration::from_secs(2),
+        max_rows: 10,
+        max_bytes: 1 << 20,
+    };
+    let running = {
+        let store = store.clone();
+        let runaway = runaway.to_string();
+        tokio::spawn(async move { store.query_read_only(&runaway, limits).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.idle_read_slots() > 0 {
+        assert!(Instant::now() < deadline, "the runaway never took its slot");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    match store.query_read_only("SELECT 1", limits).await {
+        Err(RecordError::Busy { max_concurrent: 1 }) => {}
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A caller that gives up does not free the slot while the database still works.
+    running.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        store.idle_read_slots(),
+        0,
+        "the slot came back before the query ended"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.idle_read_slots() == 0 {
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(scalar(&store, "SELECT 1 + 1").await, json!(2));
 }

@@ -29,6 +29,8 @@ pub use tally_protocol::{NodeStatus, RaftState, Role};
 
 pub use config::{free_addr, free_ports, toml_string, NodeConfig, Sections, Value};
 pub use process::{log_tail, log_text, Signal};
+
+use crate::pki::{Issued, TestCa};
 use process::{Launch, Process};
 
 /// How often the waits poll.
@@ -95,6 +97,16 @@ pub enum Keep {
     Always,
 }
 
+/// A TLS cluster: the harness makes a CA in the cluster's directory (`tls/ca.crt`) and a
+/// certificate per node (`tls/node<id>.crt`, `.key`, for `127.0.0.1` and `localhost`,
+/// server and client use), writes every node's `[tls]` section, and talks HTTPS trusting
+/// that CA.
+#[derive(Clone, Debug)]
+pub struct TlsSpec {
+    /// `[tls] peer_client_auth` of every node.
+    pub peer_client_auth: bool,
+}
+
 /// A cluster to start.
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
@@ -134,6 +146,8 @@ pub struct ClusterSpec {
     /// Bearer token the harness presents for its reads (digests) on a cluster with
     /// `[auth]` tokens; status requests present the cluster secret.
     pub read_token: Option<String>,
+    /// Serve HTTPS only, peers included ([`TlsSpec`]); `None`: plain HTTP.
+    pub tls: Option<TlsSpec>,
 }
 
 impl ClusterSpec {
@@ -162,6 +176,7 @@ impl ClusterSpec {
             http_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             read_token: None,
+            tls: None,
         }
     }
 
@@ -217,6 +232,19 @@ pub struct ProcessCluster {
     spec: ClusterSpec,
     nodes: BTreeMap<u64, Node>,
     http: reqwest::Client,
+    /// A TLS cluster's CA.
+    pki: Option<ClusterPki>,
+}
+
+struct ClusterPki {
+    ca: TestCa,
+    dir: PathBuf,
+}
+
+impl ClusterPki {
+    fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
 }
 
 impl ProcessCluster {
@@ -262,8 +290,19 @@ impl ProcessCluster {
             .filter(|n| n.role == Role::Witness)
             .map(|n| n.id)
             .collect();
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let pki = match &spec.tls {
+            None => None,
+            Some(_) => {
+                let pki = ClusterPki {
+                    ca: TestCa::new("Tally test cluster CA")?,
+                    dir: dir.join("tls"),
+                };
+                std::fs::create_dir_all(&pki.dir)?;
+                pki.ca.write_cert(&pki.ca_path())?;
+                Some(pki)
+            }
+        };
+        let http = client_builder(pki.as_ref())?
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(spec.connect_timeout)
             .timeout(spec.http_timeout)
@@ -278,6 +317,7 @@ impl ProcessCluster {
             nodes: BTreeMap::new(),
             http,
             spec: spec.clone(),
+            pki,
         };
         for n in &spec.nodes {
             cluster.insert_node(
@@ -320,6 +360,18 @@ impl ProcessCluster {
                 .entry(table.clone())
                 .or_default()
                 .extend(keys.clone());
+        }
+        if let (Some(pki), Some(tls)) = (&self.pki, &self.spec.tls) {
+            let files = pki
+                .ca
+                .issue(&format!("tally node {id}"), &["127.0.0.1", "localhost"])?
+                .write(&pki.dir, &format!("node{id}"))?;
+            let table = sections.entry("tls".into()).or_default();
+            let path = |p: &Path| Value::Str(p.display().to_string());
+            table.insert("cert".into(), path(&files.cert));
+            table.insert("key".into(), path(&files.key));
+            table.insert("ca".into(), path(&pki.ca_path()));
+            table.insert("peer_client_auth".into(), tls.peer_client_auth.into());
         }
         let record_store = match (&spec.record_store, spec.role) {
             (Some(url), _) => Some(url.clone()),
@@ -378,9 +430,36 @@ impl ProcessCluster {
         &self.spec
     }
 
-    /// The harness's HTTP client (no proxy, no redirects followed).
+    /// The harness's HTTP client (no proxy, no redirects followed; in a TLS cluster it
+    /// trusts the cluster's CA and shows no client certificate).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// A client builder like the harness's own (no proxy; the cluster's CA as the only root
+    /// in a TLS cluster), for tests that need their own clients.
+    pub fn client_builder(&self) -> Result<reqwest::ClientBuilder> {
+        client_builder(self.pki.as_ref())
+    }
+
+    /// A TLS cluster's CA certificate file.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.pki.as_ref().map(ClusterPki::ca_path)
+    }
+
+    /// A certificate from a TLS cluster's CA for `name` (as a client or another node).
+    pub fn issue_certificate(&self, name: &str, sans: &[&str]) -> Result<Issued> {
+        let pki = self.pki.as_ref().context("not a TLS cluster")?;
+        pki.ca.issue(name, sans)
+    }
+
+    /// `"https"` in a TLS cluster, else `"http"`.
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Every node this harness knows, running or not, later-started ones included.
@@ -423,9 +502,9 @@ impl ProcessCluster {
         &self.known(id).config.listen
     }
 
-    /// `http://host:port` of node `id`.
+    /// `http://host:port` of node `id` (`https://` in a TLS cluster).
     pub fn url(&self, id: u64) -> String {
-        format!("http://{}", self.addr(id))
+        format!("{}://{}", self.scheme(), self.addr(id))
     }
 
     /// `host:port` peers reach node `id` at (its `advertise`, else its `listen`).
@@ -869,6 +948,12 @@ impl ProcessCluster {
         use std::io::{Read, Write};
         let mut out = String::new();
         for id in self.live() {
+            if self.pki.is_some() {
+                out.push_str(&format!(
+                    "----- node {id} /v1/cluster -----\n(HTTPS: not dumped)\n"
+                ));
+                continue;
+            }
             if self.is_paused(id) {
                 out.push_str(&format!("----- node {id} /v1/cluster -----\n(paused)\n"));
                 continue;
@@ -909,6 +994,19 @@ impl Node {
     fn initial_member_addr(&self) -> String {
         self.config.members[&self.spec.id].clone()
     }
+}
+
+/// No proxy; with `pki`, its CA as the only root.
+fn client_builder(pki: Option<&ClusterPki>) -> Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(pki) = pki {
+        let ca = reqwest::Certificate::from_pem(pki.ca.cert_pem().as_bytes())?;
+        builder = builder
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
+    }
+    Ok(builder)
 }
 
 fn write_config(node: &Node) -> Result<()> {
@@ -1024,6 +1122,36 @@ mod tests {
         let addrs: BTreeSet<&str> = [1, 2, 3].iter().map(|i| c.addr(*i)).collect();
         assert_eq!(addrs.len(), 3, "distinct ports");
         assert!(c.log_path(1).ends_with("node1.log"));
+    }
+
+    #[test]
+    fn a_tls_cluster_gets_a_ca_and_a_certificate_per_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.tls = Some(TlsSpec {
+            peer_client_auth: true,
+        });
+        let c = ProcessCluster::create(s).unwrap();
+        assert_eq!(c.scheme(), "https");
+        assert!(c.url(1).starts_with("https://127.0.0.1:"));
+        let ca = c.ca_path().unwrap();
+        assert!(std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        for id in c.ids() {
+            let tls = &parse(c.config_path(id))["tls"];
+            assert_eq!(tls["ca"].as_str(), Some(ca.display().to_string().as_str()));
+            assert_eq!(tls["peer_client_auth"].as_bool(), Some(true));
+            let key = std::fs::read_to_string(tls["key"].as_str().unwrap()).unwrap();
+            assert!(key.contains("PRIVATE KEY"), "node {id}");
+            assert!(std::path::Path::new(tls["cert"].as_str().unwrap()).exists());
+        }
+        assert!(c.issue_certificate("client", &[]).is_ok());
+        // A plain cluster has none of it.
+        let plain = ProcessCluster::create(ClusterSpec::new("/bin/false")).unwrap();
+        assert_eq!(plain.scheme(), "http");
+        assert!(plain.ca_path().is_none());
+        assert!(parse(plain.config_path(1)).get("tls").is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tally_protocol::{NodeStatus, SinkDetail, SinkStatus};
+pub use tally_testkit::cluster::TlsSpec;
 use tally_testkit::cluster::{ClusterSpec, Keep, ProcessCluster};
 
 pub use tally_testkit::now_ms;
@@ -116,6 +117,21 @@ pub struct ClusterOpts {
     /// A token the test's own HTTP client and the harness's reads present (for clusters
     /// with `[auth]` tokens).
     pub token: Option<String>,
+    /// `[analytics] max_keys_per_tenant_bucket`.
+    pub max_keys_per_tenant_bucket: Option<u64>,
+    /// `[analytics] max_tenants_per_bucket`.
+    pub max_tenants_per_bucket: Option<u64>,
+    /// `[sql] max_result_bytes`.
+    pub sql_max_result_bytes: Option<usize>,
+    /// `[sql] max_concurrent`.
+    pub sql_max_concurrent: Option<usize>,
+    /// `record_store_read`, given to every node as `TALLY_RECORD_STORE_READ` (the witness,
+    /// which has no record store, ignores it).
+    pub record_store_read: Option<String>,
+    /// A TLS cluster (the harness makes the CA and certificates).
+    pub tls: Option<TlsSpec>,
+    /// `[http]` keys of every node.
+    pub http: Vec<(&'static str, u64)>,
 }
 
 impl ClusterOpts {
@@ -158,12 +174,40 @@ impl ClusterOpts {
             ),
             ("sql", "timeout_ms", self.sql_timeout_ms),
             ("sql", "max_rows", self.sql_max_rows.map(|n| n as u64)),
+            (
+                "analytics",
+                "max_keys_per_tenant_bucket",
+                self.max_keys_per_tenant_bucket,
+            ),
+            (
+                "analytics",
+                "max_tenants_per_bucket",
+                self.max_tenants_per_bucket,
+            ),
+            (
+                "sql",
+                "max_result_bytes",
+                self.sql_max_result_bytes.map(|n| n as u64),
+            ),
+            (
+                "sql",
+                "max_concurrent",
+                self.sql_max_concurrent.map(|n| n as u64),
+            ),
         ];
+        if let Some(url) = &self.record_store_read {
+            spec.env
+                .push(("TALLY_RECORD_STORE_READ".into(), url.clone()));
+        }
         for (table, key, value) in keys {
             if let Some(v) = value {
                 spec = spec.set(table, key, v);
             }
         }
+        for (key, value) in &self.http {
+            spec = spec.set("http", key, *value);
+        }
+        spec.tls = self.tls.clone();
         spec
     }
 }
@@ -345,8 +389,9 @@ impl Cluster {
                 format!("Bearer {token}").parse().unwrap(),
             );
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = harness
+            .client_builder()
+            .unwrap()
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
@@ -383,6 +428,11 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> &str {
         self.harness.addr(id)
+    }
+
+    /// The harness underneath (pids, the TLS cluster's CA, client builders).
+    pub fn harness(&self) -> &ProcessCluster {
+        &self.harness
     }
 
     pub fn url(&self, id: u64) -> String {

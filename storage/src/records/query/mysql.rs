@@ -2,19 +2,25 @@
 //!
 //! The read pool's connections are `SET SESSION TRANSACTION READ ONLY` for life, and each
 //! query runs inside `START TRANSACTION READ ONLY`: the server refuses any write, DDL
-//! included. The statement timeout is a session variable set before every query on these
-//! dedicated connections, so it never reaches the sink's pool. User SQL is sent as text
+//! included. The session limits (statement timeout, `group_concat_max_len`) are set again
+//! before every query on these dedicated connections, so they never reach the sink's pool
+//! and nothing a previous query did can loosen them. User SQL is sent as text
 //! (`COM_QUERY`) so that every value arrives exactly as the server prints it.
 
 use futures::TryStreamExt;
 use serde_json::Value;
-use sqlx::mysql::{MySql, MySqlConnection, MySqlDatabaseError, MySqlRow, MySqlTypeInfo};
+use sqlx::mysql::{
+    MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlRow, MySqlTypeInfo,
+};
 use sqlx::pool::PoolConnection;
 use sqlx::{
-    AssertSqlSafe, Column, Connection, Executor, MySqlPool, Row, SqlSafeStr, Statement, TypeInfo,
+    AssertSqlSafe, Column, ConnectOptions, Connection, Executor, MySqlPool, Row, SqlSafeStr,
+    Statement, TypeInfo,
 };
 
-use super::{float, text_or_hex, timeout_error, ColumnInfo, QueryLimits, QueryResult, GRACE};
+use super::{
+    float, text_or_hex, timeout_error, ColumnInfo, QueryLimits, QueryResult, RowsBuilder, GRACE,
+};
 use crate::records::connect::MySqlFlavor;
 use crate::records::RecordError;
 
@@ -22,9 +28,15 @@ use crate::records::RecordError;
 /// (what a `KILL QUERY` produces).
 const TIMEOUT_ERRORS: [u16; 3] = [1969, 3024, 1317];
 
+/// The longest `GROUP_CONCAT` result on a read connection, in bytes: the same bound as
+/// SQLite's value limit (`connect::MAX_VALUE_BYTES`).
+const GROUP_CONCAT_MAX_LEN: usize = crate::records::connect::MAX_VALUE_BYTES;
+
+/// `read_options` connect as the read pool does; the backstop's `KILL QUERY` uses them
+/// (a user may always kill its own queries, and the read pool may have no idle connection).
 pub(crate) async fn run(
-    pool: &MySqlPool,
     read_pool: &MySqlPool,
+    read_options: &MySqlConnectOptions,
     flavor: MySqlFlavor,
     sql: &str,
     limits: QueryLimits,
@@ -37,7 +49,7 @@ pub(crate) async fn run(
         .fetch_one(&mut *conn)
         .await
         .map_err(RecordError::db("read the connection id"))?;
-    set_statement_timeout(&mut conn, flavor, &limits).await?;
+    set_session_limits(&mut conn, flavor, &limits).await?;
 
     let outcome =
         tokio::time::timeout(limits.timeout + GRACE, fetch(&mut conn, sql, &limits)).await;
@@ -45,7 +57,7 @@ pub(crate) async fn run(
         // Unread rows may still be on the wire: dropping the socket is cheaper than
         // draining them (the server aborts the statement when its writes fail).
         Ok(Ok(result)) => {
-            let truncated = result.truncated;
+            let truncated = result.truncated.is_some();
             (Ok(result), truncated)
         }
         Ok(Err(e)) => {
@@ -54,11 +66,8 @@ pub(crate) async fn run(
         }
         Err(_elapsed) => {
             // The server did not stop it (MySQL's max_execution_time covers SELECTs only):
-            // kill it from the sink's pool.
-            let kill = format!("KILL QUERY {id}");
-            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(kill)).execute(pool).await {
-                tracing::warn!("KILL QUERY {id} after a query timeout failed: {e}");
-            }
+            // kill it from a connection of the same user.
+            kill_query(read_options, id).await;
             (Err(timeout_error(&limits)), true)
         }
     };
@@ -69,25 +78,40 @@ pub(crate) async fn run(
     result
 }
 
-async fn set_statement_timeout(
+async fn kill_query(read_options: &MySqlConnectOptions, id: u64) {
+    let kill = async {
+        let mut conn = read_options.connect().await?;
+        let killed = sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {id}")))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        killed.map(drop)
+    };
+    match tokio::time::timeout(GRACE * 5, kill).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("KILL QUERY {id} after a query timeout failed: {e}"),
+        Err(_) => tracing::warn!("KILL QUERY {id} after a query timeout did not finish"),
+    }
+}
+
+/// One round trip that sets every per-query limit of the session, over whatever the
+/// connection carried before.
+async fn set_session_limits(
     conn: &mut PoolConnection<MySql>,
     flavor: MySqlFlavor,
     limits: &QueryLimits,
 ) -> Result<(), RecordError> {
     // Zero would mean "no limit" to both servers.
     let ms = limits.timeout.as_millis().max(1);
-    let set = match flavor {
-        MySqlFlavor::MariaDb => format!(
-            "SET SESSION max_statement_time = {}.{:03}",
-            ms / 1000,
-            ms % 1000
-        ),
-        MySqlFlavor::MySql => format!("SET SESSION max_execution_time = {ms}"),
+    let timeout = match flavor {
+        MySqlFlavor::MariaDb => format!("max_statement_time = {}.{:03}", ms / 1000, ms % 1000),
+        MySqlFlavor::MySql => format!("max_execution_time = {ms}"),
     };
+    let set = format!("SET SESSION {timeout}, group_concat_max_len = {GROUP_CONCAT_MAX_LEN}");
     sqlx::raw_sql(AssertSqlSafe(set))
         .execute(&mut **conn)
         .await
-        .map_err(RecordError::db("set the statement timeout"))
+        .map_err(RecordError::db("set the session limits"))
         .map(drop)
 }
 
@@ -101,19 +125,28 @@ async fn fetch(
         .await
         .map_err(RecordError::db("start a read-only transaction"))?;
     let mut columns = None;
-    let mut rows = Vec::new();
-    let mut truncated = false;
+    let mut rows = RowsBuilder::new(limits);
+    let mut truncated = None;
     {
         let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch(&mut *tx);
-        while let Some(row) = stream.try_next().await.map_err(|e| classify(e, limits))? {
+        // One row past a full answer is read: it tells a cut answer from one that fits.
+        loop {
+            let Some(row) = stream.try_next().await.map_err(|e| classify(e, limits))? else {
+                break;
+            };
             if columns.is_none() {
                 columns = Some(column_infos(&row));
             }
-            if rows.len() == limits.max_rows {
-                truncated = true;
+            if let Some(cut) = rows.room_for_another() {
+                truncated = Some(cut);
                 break;
             }
-            rows.push(row_values(&row));
+            let values = row_values(&row);
+            drop(row);
+            if let Some(cut) = rows.push(&values)? {
+                truncated = Some(cut);
+                break;
+            }
         }
     }
     let columns = match columns {
@@ -131,14 +164,16 @@ async fn fetch(
             Err(_) => Vec::new(),
         },
     };
-    if !truncated {
+    if truncated.is_none() {
         tx.rollback()
             .await
             .map_err(RecordError::db("end the read-only transaction"))?;
     }
+    let (rows, row_count) = rows.finish();
     Ok(QueryResult {
         columns,
         rows,
+        row_count,
         truncated,
     })
 }

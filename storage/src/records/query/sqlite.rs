@@ -20,7 +20,10 @@ use sqlx::{
     Value as _, ValueRef,
 };
 
-use super::{float, text_or_hex, timeout_error, ColumnInfo, QueryLimits, QueryResult, GRACE};
+use super::{
+    float, text_or_hex, timeout_error, too_large, ColumnInfo, QueryLimits, QueryResult,
+    RowsBuilder, GRACE,
+};
 use crate::records::RecordError;
 
 /// VM steps between deadline checks: frequent enough for millisecond precision, rare
@@ -28,6 +31,8 @@ use crate::records::RecordError;
 const PROGRESS_OPS: i32 = 1000;
 /// SQLite's result code for an interrupted statement.
 const SQLITE_INTERRUPT: &str = "9";
+/// SQLite's result code for a string or blob over `SQLITE_LIMIT_LENGTH`.
+const SQLITE_TOOBIG: i32 = 18;
 
 pub(crate) async fn run(
     read_pool: &SqlitePool,
@@ -92,19 +97,28 @@ async fn fetch(
         .await
         .map_err(RecordError::db("start a read transaction"))?;
     let mut columns: Option<Vec<ColumnInfo>> = None;
-    let mut rows = Vec::new();
-    let mut truncated = false;
+    let mut rows = RowsBuilder::new(limits);
+    let mut truncated = None;
     {
         let mut stream = sqlx::query(AssertSqlSafe(sql))
             .persistent(false)
             .fetch(&mut *tx);
-        while let Some(row) = stream.try_next().await.map_err(|e| classify(e, limits))? {
+        // One row past a full answer is read: it tells a cut answer from one that fits.
+        loop {
+            let Some(row) = stream.try_next().await.map_err(|e| classify(e, limits))? else {
+                break;
+            };
             let columns = columns.get_or_insert_with(|| declared_columns(&row));
-            if rows.len() == limits.max_rows {
-                truncated = true;
+            if let Some(cut) = rows.room_for_another() {
+                truncated = Some(cut);
                 break;
             }
-            rows.push(row_values(&row, columns));
+            let values = row_values(&row, columns);
+            drop(row);
+            if let Some(cut) = rows.push(&values)? {
+                truncated = Some(cut);
+                break;
+            }
         }
     }
     let columns = match columns {
@@ -124,9 +138,11 @@ async fn fetch(
     tx.rollback()
         .await
         .map_err(RecordError::db("end the read transaction"))?;
+    let (rows, row_count) = rows.finish();
     Ok(QueryResult {
         columns,
         rows,
+        row_count,
         truncated,
     })
 }
@@ -135,6 +151,14 @@ fn classify(e: sqlx::Error, limits: &QueryLimits) -> RecordError {
     match &e {
         sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLITE_INTERRUPT) => {
             timeout_error(limits)
+        }
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == SQLITE_TOOBIG) =>
+        {
+            too_large(db.message())
         }
         // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes: the database is
         // busy, not the query wrong — the caller should retry (503).

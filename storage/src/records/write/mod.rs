@@ -20,7 +20,7 @@ pub(crate) mod sqlite;
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tally_analytics::{Event, Measures};
+use tally_analytics::{Event, Folds, Measures};
 
 use super::usage::UsageKey;
 use super::RecordError;
@@ -33,9 +33,11 @@ pub struct WriteBatch<'a> {
     /// The `applied_index` after this batch: every event up to this log index is in it
     /// or already in the store. Must be ≥ `expected_cursor`.
     pub new_cursor: u64,
-    /// `(log_index, ingest_ms, event)`: the entry that carried the event and its proposer
-    /// time. May repeat ids, and may hold events the store already has.
-    pub ingest: Vec<(u64, i64, &'a Event)>,
+    /// `(log_index, ingest_ms, event, folds)`: the entry that carried the event, its
+    /// proposer time, and under which key the state counted it at each granularity (its
+    /// own or an overflow key: the usage rows go under the same). May repeat ids, and may
+    /// hold events the store already has.
+    pub ingest: Vec<(u64, i64, &'a Event, Folds)>,
 }
 
 /// What a successful write did. `inserted + already_present == ingest.len()`.
@@ -53,6 +55,7 @@ pub(crate) struct EventRow<'a> {
     pub log_index: u64,
     pub ingest_ms: i64,
     pub event: &'a Event,
+    pub folds: Folds,
 }
 
 /// Checks the batch and drops repeated ids (first occurrence wins).
@@ -67,11 +70,12 @@ pub(crate) fn candidates<'a>(batch: &WriteBatch<'a>) -> Result<Vec<EventRow<'a>>
     Ok(batch
         .ingest
         .iter()
-        .filter(|(_, _, event)| seen.insert(event.event_id.as_str()))
-        .map(|&(log_index, ingest_ms, event)| EventRow {
+        .filter(|(_, _, event, _)| seen.insert(event.event_id.as_str()))
+        .map(|&(log_index, ingest_ms, event, folds)| EventRow {
             log_index,
             ingest_ms,
             event,
+            folds,
         })
         .collect())
 }
@@ -328,7 +332,11 @@ mod tests {
         let batch = WriteBatch {
             expected_cursor: 1,
             new_cursor: 3,
-            ingest: vec![(2, 10, &a), (2, 10, &upper), (3, 11, &a)],
+            ingest: vec![
+                (2, 10, &a, Folds::default()),
+                (2, 10, &upper, Folds::default()),
+                (3, 11, &a, Folds::default()),
+            ],
         };
         let rows = candidates(&batch).unwrap();
         assert_eq!(rows.len(), 2);
@@ -359,6 +367,7 @@ mod tests {
             log_index: 1,
             ingest_ms: 2,
             event: &event,
+            folds: Folds::default(),
         };
         assert_eq!(event_values(&row).len(), EVENT_COLUMNS.len());
         let prefix = usage_insert_prefix("usage_day", Some("key_hash"));

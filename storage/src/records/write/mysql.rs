@@ -68,7 +68,11 @@ async fn write_in(
             .await
             .map_err(RecordError::db("insert events"))?;
     }
-    upsert_usage(conn, &usage::deltas(fresh.iter().map(|r| r.event))).await?;
+    upsert_usage(
+        conn,
+        &usage::deltas(fresh.iter().map(|r| (r.event, r.folds))),
+    )
+    .await?;
 
     sqlx::query("UPDATE sink_state SET applied_index = ?, updated_ms = ? WHERE id = 1")
         .bind(batch.new_cursor)
