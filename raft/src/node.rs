@@ -592,6 +592,11 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
         // know about the record store.
         max_in_snapshot_log_to_keep: u64::MAX,
         install_snapshot_timeout: 60_000,
+        // A node cut off from the leader times out and campaigns; without pre-vote every
+        // round raises its term, and when the partition heals that higher term deposes a
+        // healthy leader. With pre-vote it first asks whether it could win, and a majority
+        // that still hears from the leader says no, so its term stays where it was.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     if options.role == Role::Witness {

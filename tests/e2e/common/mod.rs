@@ -135,6 +135,15 @@ pub struct ClusterOpts {
 }
 
 impl ClusterOpts {
+    /// For tests that count every event under its own `resource` (to see each id counted
+    /// once): distinct-key caps at their maximum, so no event folds into `__other__`.
+    pub fn key_per_event() -> ClusterOpts {
+        ClusterOpts {
+            max_keys_per_tenant_bucket: Some(100_000),
+            ..ClusterOpts::default()
+        }
+    }
+
     /// The harness's description of this scenario's cluster.
     fn spec(&self) -> ClusterSpec {
         let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_tally"));
