@@ -141,6 +141,7 @@ pub struct RaftSection {
     pub witness_max_log_entries: Option<u64>,
     pub witness_max_log_bytes: Option<u64>,
     pub snapshot_chunk_bytes: Option<usize>,
+    pub max_clock_skew_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +221,10 @@ pub struct ServeArgs {
     /// Bytes of snapshot per request when this node sends one (4 KiB to 64 MiB).
     #[arg(long, env = "TALLY_RAFT_SNAPSHOT_CHUNK_BYTES")]
     pub snapshot_chunk_bytes: Option<usize>,
+    /// Most the leader's ingest time may differ from its voters' majority clock, in ms
+    /// (100 to 600000).
+    #[arg(long, env = "TALLY_RAFT_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
     /// Largest POST /v1/events body in bytes (1024 to 64 MiB).
     #[arg(long, env = "TALLY_INGEST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -316,6 +321,9 @@ pub struct NodeConfig {
 }
 
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
+/// Bounds of `raft.max_clock_skew_ms`.
+pub const MIN_CLOCK_SKEW_MS: u64 = 100;
+pub const MAX_CLOCK_SKEW_MS: u64 = 600_000;
 pub const DEFAULT_LOG_KEEP: u64 = 1_000;
 
 impl ServeArgs {
@@ -421,6 +429,17 @@ impl ServeArgs {
                 bail!("ingest.queue_requests must be at least 1");
             }
             batcher.queue_requests = q;
+        }
+        if let Some(ms) = self.max_clock_skew_ms.or(file.raft.max_clock_skew_ms) {
+            if !(MIN_CLOCK_SKEW_MS..=MAX_CLOCK_SKEW_MS).contains(&ms) {
+                bail!(
+                    "raft.max_clock_skew_ms must be between {MIN_CLOCK_SKEW_MS} and \
+                     {MAX_CLOCK_SKEW_MS} (10 minutes): below, ordinary clock jitter and the \
+                     sampling error hold the ingest time back; above, one leader's clock could \
+                     expire much of the one-hour dedup window early (got {ms})"
+                );
+            }
+            batcher.max_clock_skew_ms = ms;
         }
         for (name, value, slot) in [
             (
@@ -963,6 +982,46 @@ witnesses = [3]
             let err = with(bad).unwrap_err().to_string();
             assert!(
                 err.contains("ingest.max_body_bytes must be between"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_clock_skew_bound_has_a_default_a_floor_and_a_ceiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let with = |file: &str, flag: Option<u64>| {
+            std::fs::write(&path, format!("{DOCUMENTED_EXAMPLE}\n{file}")).unwrap();
+            ServeArgs {
+                config: Some(path.clone()),
+                max_clock_skew_ms: flag,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let skew = |cfg: NodeConfig| cfg.node.batcher.max_clock_skew_ms;
+        assert_eq!(
+            skew(with("", None).unwrap()),
+            tally_raft::clock::DEFAULT_MAX_CLOCK_SKEW_MS
+        );
+        // The file sets it (in [raft]), a flag overrides the file.
+        assert_eq!(
+            skew(with("[raft]\nmax_clock_skew_ms = 2000\n", None).unwrap()),
+            2000
+        );
+        assert_eq!(
+            skew(with("[raft]\nmax_clock_skew_ms = 2000\n", Some(100)).unwrap()),
+            100
+        );
+        assert_eq!(
+            skew(with("", Some(MAX_CLOCK_SKEW_MS)).unwrap()),
+            MAX_CLOCK_SKEW_MS
+        );
+        for bad in [0, 99, MAX_CLOCK_SKEW_MS + 1, u64::MAX] {
+            let err = with("", Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("raft.max_clock_skew_ms must be between 100 and 600000"),
                 "{bad}: {err}"
             );
         }

@@ -151,7 +151,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             tally_raft::rpc::path::SNAPSHOT_INDEX,
             post(raft_rpc::snapshot_index),
-        );
+        )
+        .route(tally_raft::rpc::path::CLOCK, post(raft_rpc::clock));
     Router::new()
         .merge(cluster_ops)
         .merge(ingest)

@@ -11,6 +11,7 @@ mod common;
 
 mod access;
 mod bad_input;
+mod clock_skew;
 mod durability;
 mod fatal_storage;
 mod in_flight;
