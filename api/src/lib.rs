@@ -194,10 +194,9 @@ pub async fn read_body_admitting(
             format!("request body is larger than {limit} bytes; split the batch"),
         )
     };
-    // A declared length over the limit is refused before a byte is read.
-    if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
-        return Err(too_large());
-    }
+    // Read up to the limit even when the declared length is over it: a client that is
+    // still sending when the answer comes often cannot read it, and a 413 it never sees
+    // helps nobody. What is read counts against the budget as it arrives.
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| body_error(&e))?;
