@@ -137,6 +137,7 @@ fn the_current_version_roundtrips_with_overflow() {
     let caps = KeyCaps {
         max_keys_per_tenant_bucket: 1,
         max_tenants_per_bucket: 1,
+        ..KeyCaps::UNLIMITED
     };
     let batch = IngestBatch {
         ingest_ms: T + 63_000,
@@ -176,6 +177,7 @@ fn v3_state() -> State {
     let caps = KeyCaps {
         max_keys_per_tenant_bucket: 1,
         max_tenants_per_bucket: 1,
+        ..KeyCaps::UNLIMITED
     };
     state.apply_capped(
         5,
