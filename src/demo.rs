@@ -98,6 +98,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             },
             max_body_bytes: 8 << 20,
             sql: tally_api::SqlLimits::default(),
+            max_aggregate_rows: tally_api::DEFAULT_MAX_AGGREGATE_ROWS,
             http: tally_api::server::HttpLimits::default(),
             tls: None,
             node: NodeOptions {

@@ -42,6 +42,7 @@ impl RunningNode {
             Limits {
                 max_body_bytes: cfg.max_body_bytes,
                 sql: cfg.sql.clone(),
+                max_aggregate_rows: cfg.max_aggregate_rows,
             },
             &cfg.auth,
         )?;

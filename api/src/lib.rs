@@ -49,13 +49,20 @@ pub struct Limits {
     /// Largest `POST /v1/events` body; larger ones get 413.
     pub max_body_bytes: usize,
     pub sql: SqlLimits,
+    /// Most rows a `GET /v1/aggregates` answer holds; a query that would give more is a
+    /// 400 `too_many_rows`.
+    pub max_aggregate_rows: usize,
 }
+
+/// Default of [`Limits::max_aggregate_rows`].
+pub const DEFAULT_MAX_AGGREGATE_ROWS: usize = 10_000;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 8 << 20,
             sql: SqlLimits::default(),
+            max_aggregate_rows: DEFAULT_MAX_AGGREGATE_ROWS,
         }
     }
 }

@@ -266,7 +266,7 @@ async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration) {
     }
     // The ingest time and the key caps are stamped here, by the proposer, so that every
     // replica applies the same bytes: apply itself never reads a clock or its own config.
-    let entry = Request::IngestCapped {
+    let entry = Request::IngestBudgeted {
         caps,
         batch: IngestBatch {
             ingest_ms: now_ms(),
