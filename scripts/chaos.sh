@@ -9,7 +9,7 @@
 #                                      invalid run; the figures go to jepsen-store/soak-summary.tsv
 #
 # Everything goes under jepsen-store/. Needs MariaDB like the tests (scripts/test.sh
-# installs it).
+# installs it), and for the `clock` nemesis libfaketime (package `faketime`, likewise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -368,6 +368,25 @@ fn render_status(s: &NodeStatus) -> String {
             opt(m.matched_index)
         );
     }
+    // Only nodes that sample their voters' clocks (data nodes of this version) say more.
+    let c = &s.clock;
+    if !c.peers.is_empty() {
+        let signed = |v: Option<i64>| v.map_or_else(|| "null".to_string(), |v| format!("{v:+}"));
+        let peers: Vec<String> = c
+            .peers
+            .iter()
+            .map(|p| format!("{} {}", p.id, signed(p.skew_ms)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "clock: ahead of the voters' majority by {} ms (bound {}, tolerance {} ms){}; peers' skew ms: {}",
+            signed(c.ahead_ms),
+            c.bound.as_str(),
+            c.max_skew_ms,
+            if c.clamping { ", CLAMPING ingest time" } else { "" },
+            peers.join(", ")
+        );
+    }
     out
 }
 
@@ -646,5 +665,41 @@ mod tests {
              1    127.0.0.1:7101         data     true   null\n\
              3    127.0.0.1:7103         witness  false  5\n"
         );
+    }
+
+    #[test]
+    fn status_shows_the_clock_of_a_node_that_samples_its_voters() {
+        let mut s: super::NodeStatus = serde_json::from_value(serde_json::json!({
+            "node_id": 1, "role": "data", "raft_state": "Leader", "leader_id": 1, "term": 2,
+            "last_log_index": 1, "committed_index": 1, "cluster_committed_index": 1,
+            "applied_index": 1, "snapshot_index": null, "purged_index": null, "members": [],
+            "log": {"first_index": 1, "last_index": 1, "entries": 1, "fsyncs": 1, "synced_index": 1},
+            "snapshots": [],
+            "retention": {"snapshot_floor": 0, "witness_max_log_entries": 100000},
+            "state": {"buckets_minute": 0, "buckets_hour": 0, "buckets_day": 0, "dedup_ids": 0, "events_applied": 0},
+            "ingest": {"requests": 0, "events": 0, "entries": 0, "rejected_overload": 0},
+            "sink": {"enabled": false, "replicated_cursor": 0, "pending_events": 0,
+                     "oldest_pending_index": null, "dropped_events": 0},
+            "clock": {"max_skew_ms": 10000, "local_ms": 5, "majority_ms": 2, "ahead_ms": 3,
+                      "bound": "majority", "clamping": false, "clamped_total": 0,
+                      "last_stamp_ms": null,
+                      "peers": [{"id": 2, "skew_ms": -3, "rtt_ms": 1, "sample_age_ms": 10},
+                                {"id": 3, "skew_ms": null, "rtt_ms": null, "sample_age_ms": null}]}
+        }))
+        .unwrap();
+        let clock_line = |s: &super::NodeStatus| {
+            super::render_status(s)
+                .lines()
+                .find(|l| l.starts_with("clock:"))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            clock_line(&s).unwrap(),
+            "clock: ahead of the voters' majority by +3 ms (bound majority, tolerance 10000 ms); peers' skew ms: 2 -3, 3 null"
+        );
+        s.clock.clamping = true;
+        assert!(clock_line(&s).unwrap().contains("CLAMPING"));
+        s.clock.peers.clear();
+        assert_eq!(clock_line(&s), None);
     }
 }

@@ -15,6 +15,9 @@ use tally_raft::{BatcherConfig, NodeOptions, RaftTiming, Role, SinkConfig};
 
 /// Largest `ingest.max_body_bytes` a node accepts: a posted body becomes one Raft entry.
 pub const MAX_INGEST_BODY_BYTES: usize = 64 << 20;
+
+/// Largest `ingest.max_bytes_in_flight` (it counts in a 32-bit semaphore).
+pub const MAX_INGEST_BYTES_IN_FLIGHT: usize = (4 << 30) - 1;
 /// Bounds of `sql.max_result_bytes`: an answer is built in memory before it is sent.
 pub const SQL_RESULT_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1 << 30;
 /// Bounds of `sql.max_concurrent`: each running query holds a database connection.
@@ -72,6 +75,7 @@ pub struct HttpSection {
     pub header_read_timeout_ms: Option<u64>,
     pub body_read_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub max_requests_in_flight: Option<usize>,
 }
 
 /// `[tls]`: serve HTTPS only, and reach peers over HTTPS.
@@ -153,6 +157,7 @@ pub struct RaftSection {
     pub witness_max_log_entries: Option<u64>,
     pub witness_max_log_bytes: Option<u64>,
     pub snapshot_chunk_bytes: Option<usize>,
+    pub max_clock_skew_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +165,7 @@ pub struct RaftSection {
 pub struct IngestSection {
     pub max_body_bytes: Option<usize>,
     pub queue_requests: Option<usize>,
+    pub max_bytes_in_flight: Option<usize>,
 }
 
 /// Flags for `tally serve`; each also reads a `TALLY_*` environment variable.
@@ -231,6 +237,10 @@ pub struct ServeArgs {
     /// Bytes of snapshot per request when this node sends one (4 KiB to 64 MiB).
     #[arg(long, env = "TALLY_RAFT_SNAPSHOT_CHUNK_BYTES")]
     pub snapshot_chunk_bytes: Option<usize>,
+    /// Most the leader's ingest time may differ from its voters' majority clock, in ms
+    /// (100 to 600000).
+    #[arg(long, env = "TALLY_RAFT_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
     /// Largest POST /v1/events body in bytes (1024 to 64 MiB).
     #[arg(long, env = "TALLY_INGEST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -298,6 +308,14 @@ pub struct ServeArgs {
     /// Time a keep-alive connection may stay idle, in ms.
     #[arg(long, env = "TALLY_HTTP_IDLE_TIMEOUT_MS")]
     pub http_idle_timeout_ms: Option<u64>,
+    /// Requests served at once, Raft RPC and health probes not counted (below
+    /// http.max_connections); more get 503 at once.
+    #[arg(long, env = "TALLY_HTTP_MAX_REQUESTS_IN_FLIGHT")]
+    pub http_max_requests_in_flight: Option<usize>,
+    /// Bytes of ingest bodies read but not yet answered (at least ingest.max_body_bytes);
+    /// beyond them, 503 at once.
+    #[arg(long, env = "TALLY_INGEST_MAX_BYTES_IN_FLIGHT")]
+    pub ingest_max_bytes_in_flight: Option<usize>,
     /// This node's TLS certificate (PEM); with it the node serves HTTPS only.
     #[arg(long, env = "TALLY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -318,6 +336,8 @@ pub struct NodeConfig {
     pub listen: String,
     pub auth: AuthConfig,
     pub max_body_bytes: usize,
+    pub max_requests_in_flight: usize,
+    pub max_ingest_bytes_in_flight: usize,
     pub sql: SqlLimits,
     /// `read.max_aggregate_rows`.
     pub max_aggregate_rows: usize,
@@ -328,6 +348,9 @@ pub struct NodeConfig {
 }
 
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
+/// Bounds of `raft.max_clock_skew_ms`.
+pub const MIN_CLOCK_SKEW_MS: u64 = 100;
+pub const MAX_CLOCK_SKEW_MS: u64 = 600_000;
 pub const DEFAULT_LOG_KEEP: u64 = 1_000;
 
 impl ServeArgs {
@@ -433,6 +456,17 @@ impl ServeArgs {
                 bail!("ingest.queue_requests must be at least 1");
             }
             batcher.queue_requests = q;
+        }
+        if let Some(ms) = self.max_clock_skew_ms.or(file.raft.max_clock_skew_ms) {
+            if !(MIN_CLOCK_SKEW_MS..=MAX_CLOCK_SKEW_MS).contains(&ms) {
+                bail!(
+                    "raft.max_clock_skew_ms must be between {MIN_CLOCK_SKEW_MS} and \
+                     {MAX_CLOCK_SKEW_MS} (10 minutes): below, ordinary clock jitter and the \
+                     sampling error hold the ingest time back; above, one leader's clock could \
+                     expire much of the one-hour dedup window early (got {ms})"
+                );
+            }
+            batcher.max_clock_skew_ms = ms;
         }
         for (name, value, slot) in [
             (
@@ -603,8 +637,34 @@ impl ServeArgs {
             &listen,
         )?;
         check_read_url(role, record_store.as_deref(), record_reads.url.as_deref())?;
+        // Default: 512, or half the connections when there are fewer than 1024.
+        let max_requests_in_flight = self
+            .http_max_requests_in_flight
+            .or(file.http.max_requests_in_flight)
+            .unwrap_or(tally_api::in_flight::DEFAULT_MAX_REQUESTS.min(http.max_connections / 2));
+        if max_requests_in_flight == 0 || max_requests_in_flight >= http.max_connections {
+            bail!(
+                "http.max_requests_in_flight must be at least 1 and below http.max_connections \
+                 ({}): a connection serving a request is never closed to make room, so the \
+                 requests must leave some connections free (got {max_requests_in_flight})",
+                http.max_connections
+            );
+        }
+        let max_ingest_bytes_in_flight = self
+            .ingest_max_bytes_in_flight
+            .or(file.ingest.max_bytes_in_flight)
+            .unwrap_or(tally_api::in_flight::DEFAULT_MAX_INGEST_BYTES.max(max_body_bytes));
+        if !(max_body_bytes..=MAX_INGEST_BYTES_IN_FLIGHT).contains(&max_ingest_bytes_in_flight) {
+            bail!(
+                "ingest.max_bytes_in_flight must be between ingest.max_body_bytes \
+                 ({max_body_bytes}) and {MAX_INGEST_BYTES_IN_FLIGHT} (4 GiB), got \
+                 {max_ingest_bytes_in_flight}"
+            );
+        }
         Ok(NodeConfig {
             auth,
+            max_requests_in_flight,
+            max_ingest_bytes_in_flight,
             listen,
             sql,
             max_aggregate_rows,
@@ -981,6 +1041,46 @@ witnesses = [3]
     }
 
     #[test]
+    fn the_clock_skew_bound_has_a_default_a_floor_and_a_ceiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let with = |file: &str, flag: Option<u64>| {
+            std::fs::write(&path, format!("{DOCUMENTED_EXAMPLE}\n{file}")).unwrap();
+            ServeArgs {
+                config: Some(path.clone()),
+                max_clock_skew_ms: flag,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let skew = |cfg: NodeConfig| cfg.node.batcher.max_clock_skew_ms;
+        assert_eq!(
+            skew(with("", None).unwrap()),
+            tally_raft::clock::DEFAULT_MAX_CLOCK_SKEW_MS
+        );
+        // The file sets it (in [raft]), a flag overrides the file.
+        assert_eq!(
+            skew(with("[raft]\nmax_clock_skew_ms = 2000\n", None).unwrap()),
+            2000
+        );
+        assert_eq!(
+            skew(with("[raft]\nmax_clock_skew_ms = 2000\n", Some(100)).unwrap()),
+            100
+        );
+        assert_eq!(
+            skew(with("", Some(MAX_CLOCK_SKEW_MS)).unwrap()),
+            MAX_CLOCK_SKEW_MS
+        );
+        for bad in [0, 99, MAX_CLOCK_SKEW_MS + 1, u64::MAX] {
+            let err = with("", Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("raft.max_clock_skew_ms must be between 100 and 600000"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn key_caps_come_from_file_or_flags_and_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
@@ -1265,6 +1365,42 @@ witnesses = [3]
             cfg.node.record_reads.url.as_deref(),
             Some("mysql://other@h/tally")
         );
+    }
+
+    #[test]
+    fn in_flight_bounds_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let with = |requests: Option<usize>, bytes: Option<usize>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                http_max_requests_in_flight: requests,
+                ingest_max_bytes_in_flight: bytes,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let cfg = with(None, None).unwrap();
+        assert_eq!(cfg.max_requests_in_flight, 512);
+        assert_eq!(cfg.max_ingest_bytes_in_flight, 256 << 20);
+        assert_eq!(
+            with(Some(1), Some(8 << 20)).unwrap().max_requests_in_flight,
+            1
+        );
+        for (requests, bytes, says) in [
+            (Some(0), None, "http.max_requests_in_flight"),
+            (Some(1024), None, "below http.max_connections"),
+            (None, Some((8 << 20) - 1), "ingest.max_bytes_in_flight"),
+            (
+                None,
+                Some(MAX_INGEST_BYTES_IN_FLIGHT + 1),
+                "ingest.max_bytes_in_flight",
+            ),
+        ] {
+            let err = with(requests, bytes).unwrap_err().to_string();
+            assert!(err.contains(says), "{requests:?} {bytes:?}: {err}");
+        }
     }
 }
 

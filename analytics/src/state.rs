@@ -177,6 +177,12 @@ impl State {
         self.applied_index
     }
 
+    /// The newest ingest time applied (`None` before the first entry): the state's "now",
+    /// which the proposer's next stamp must not go below.
+    pub fn high_water_ms(&self) -> Option<i64> {
+        self.analytic.high_water_ms
+    }
+
     /// Applies one committed ingest entry written before key caps existed: no cap, exactly
     /// as that version applied it. Returns one outcome per request, in order.
     pub fn apply(&mut self, log_index: u64, batch: &IngestBatch) -> Vec<BatchOutcome> {

@@ -261,8 +261,36 @@ fn render_metrics(s: &NodeStatus) -> String {
     for &(name, help, kind, value) in metrics {
         gauge(name, help, kind, value);
     }
+    gauge(
+        "tally_clock_clamped_total",
+        "Ingest entries stamped with a time other than this node's clock (it was more than raft.max_clock_skew_ms off its voters').",
+        "counter",
+        s.clock.clamped_total,
+    );
+    gauge(
+        "tally_clock_clamping",
+        "1 if an ingest entry stamped now would not carry this node's clock.",
+        "gauge",
+        u64::from(s.clock.clamping),
+    );
+    render_clock_skew(&mut out, s);
     render_overflow(&mut out, &s.state.overflow);
     out
+}
+
+/// `tally_clock_skew_ms{peer}`: each voter's clock minus this node's, where a fresh sample
+/// gives one (signed, so outside the unsigned table above).
+fn render_clock_skew(out: &mut String, s: &NodeStatus) {
+    let name = "tally_clock_skew_ms";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Estimated clock of each voter minus this node's, in ms (fresh samples only).\n# TYPE {name} gauge"
+    );
+    for peer in &s.clock.peers {
+        if let Some(skew) = peer.skew_ms {
+            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {skew}", peer.id);
+        }
+    }
 }
 
 /// The distinct-key cap's metrics, one series per granularity.

@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
-use tally_raft::now_ms;
 
 use tally_raft::{IngestError, NotLeader};
 
@@ -19,18 +18,19 @@ use crate::params;
 /// Forwarding hops an ingest request may take: to the leader a node knows, and once more
 /// if that node has just handed leadership over.
 const MAX_INGEST_HOPS: usize = 2;
-use crate::{read_body, AppState};
+use crate::{read_body_admitting, AppState};
 
 /// Bodies up to this size are parsed on the async worker; larger ones (up to
 /// `ingest.max_body_bytes`, tens of milliseconds of parsing) on a blocking thread, so that
 /// Raft heartbeats and other requests on the same worker never wait behind them.
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
+/// `now`: the time event times are checked against (not later than 24 h ahead of it).
 async fn parse_events(
     bytes: bytes::Bytes,
     format: tally_analytics::BodyFormat,
+    now: i64,
 ) -> Result<Vec<tally_analytics::Event>, ApiError> {
-    let now = now_ms();
     if bytes.len() <= INLINE_PARSE_BYTES {
         return params::events(&bytes, format, now);
     }
@@ -60,11 +60,19 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let query = params::events_query(&params)?;
-    let bytes = read_body(body, app.limits.max_body_bytes).await?;
+    // Held until the request is answered: what was read, parsed and queued counts against
+    // the node's ingest budget until then.
+    let mut held = None;
+    let bytes = read_body_admitting(body, app.limits.max_body_bytes, |n| {
+        app.in_flight.admit_ingest_bytes(&mut held, n)
+    })
+    .await?;
     let format = params::body_format(&headers)?;
     // Validate before anything else: a bad batch gets its 400 from whichever node it hit,
-    // and changes nothing anywhere.
-    let events = parse_events(bytes.clone(), format).await?;
+    // and changes nothing anywhere. Event times are checked against the cluster's time (this
+    // node's clock held near its voters'), so a node whose clock jumped ahead lets no
+    // far-future events in.
+    let events = parse_events(bytes.clone(), format, app.node.clock.trusted_now_ms()).await?;
     params::events_within_tenant(&events, caller.tenant())?;
 
     // While an election runs (a leader just died or handed over), hold the request for

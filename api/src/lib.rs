@@ -20,6 +20,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod forward;
+pub mod in_flight;
 pub mod ingest;
 pub mod members;
 mod params;
@@ -52,6 +53,10 @@ pub struct Limits {
     /// Most rows a `GET /v1/aggregates` answer holds; a query that would give more is a
     /// 400 `too_many_rows`.
     pub max_aggregate_rows: usize,
+    /// Requests served at once (Raft RPC and health probes not counted); more get 503.
+    pub max_requests_in_flight: usize,
+    /// Bytes of ingest bodies read and not yet answered; beyond them, 503.
+    pub max_ingest_bytes_in_flight: usize,
 }
 
 /// Default of [`Limits::max_aggregate_rows`].
@@ -63,6 +68,8 @@ impl Default for Limits {
             max_body_bytes: 8 << 20,
             sql: SqlLimits::default(),
             max_aggregate_rows: DEFAULT_MAX_AGGREGATE_ROWS,
+            max_requests_in_flight: in_flight::DEFAULT_MAX_REQUESTS,
+            max_ingest_bytes_in_flight: in_flight::DEFAULT_MAX_INGEST_BYTES,
         }
     }
 }
@@ -74,6 +81,7 @@ pub struct AppState {
     pub forwarder: Forwarder,
     pub secret: Arc<str>,
     pub auth: Arc<Authenticator>,
+    pub in_flight: Arc<in_flight::InFlight>,
     pub limits: Limits,
 }
 
@@ -83,6 +91,10 @@ impl AppState {
         Ok(AppState {
             forwarder: Forwarder::new(node.id, node.options.peer_http())?,
             auth: Arc::new(Authenticator::new(auth, secret.clone())),
+            in_flight: Arc::new(in_flight::InFlight::new(
+                limits.max_requests_in_flight,
+                limits.max_ingest_bytes_in_flight,
+            )),
             secret,
             node,
             limits,
@@ -146,7 +158,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             tally_raft::rpc::path::SNAPSHOT_INDEX,
             post(raft_rpc::snapshot_index),
-        );
+        )
+        .route(tally_raft::rpc::path::CLOCK, post(raft_rpc::clock));
     Router::new()
         .merge(cluster_ops)
         .merge(ingest)
@@ -160,34 +173,63 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read with explicit limits in the handlers (`read_body`), which answer
         // with our JSON 413 rather than axum's plain-text one.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            in_flight::limit_requests,
+        ))
         .with_state(state)
 }
 
 /// Reads a whole request body, refusing more than `limit` bytes with 413, and one that does
 /// not arrive within the server's body read timeout with 408.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if let Some(timeout) = find_source::<server::BodyTimeout>(&e) {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!("{timeout}; send the body at once (or raise http.body_read_timeout_ms)"),
-            );
+    read_body_admitting(body, limit, |_| Ok(())).await
+}
+
+/// [`read_body`], asking `admit` for every piece before it is kept (an in-flight budget:
+/// its refusal ends the read with that answer, before the rest of the body is buffered).
+pub async fn read_body_admitting(
+    mut body: Body,
+    limit: usize,
+    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than {limit} bytes; split the batch"),
+        )
+    };
+    // A declared length over the limit is refused before a byte is read.
+    if axum::body::HttpBody::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(&e))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(too_large());
         }
-        let too_big = std::error::Error::source(&e)
-            .map(|s| s.is::<http_body_util::LengthLimitError>())
-            .unwrap_or(false)
-            || e.to_string().contains("length limit");
-        if too_big {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request body is larger than {limit} bytes; split the batch"),
-            )
-        } else {
-            ApiError::bad_request(format!("could not read request body: {e}"))
-        }
-    })
+        admit(data.len())?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// The answer to a body that could not be read: 408 when it did not arrive in time.
+fn body_error(e: &axum::Error) -> ApiError {
+    match find_source::<server::BodyTimeout>(e) {
+        Some(timeout) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("{timeout}; send the body at once (or raise http.body_read_timeout_ms)"),
+        ),
+        None => ApiError::bad_request(format!("could not read request body: {e}")),
+    }
 }
 
 /// The first error of type `T` in `e`'s source chain.

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use openraft::raft::{AppendEntriesRequest, SnapshotResponse, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 
-use tally_raft::rpc::{self, SnapshotIndexRequest};
+use tally_raft::rpc::{self, ClockReply, ClockRequest, SnapshotIndexRequest};
 use tally_raft::snapshot_transfer::{self, Accepted, ChunkReply, SnapshotChunk};
 use tally_raft::types::{SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use tally_raft::Role;
@@ -168,6 +168,17 @@ pub async fn snapshot_index(
 ) -> Response {
     match accept_within::<SnapshotIndexRequest>(&app, &headers, body, 1024).await {
         Ok(_) => reply(Ok::<_, std::convert::Infallible>(app.node.snapshot_index())),
+        Err(resp) => resp,
+    }
+}
+
+/// Tally's own RPC: this node's wall clock, for the voters' clock samples (`clock`).
+pub async fn clock(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match accept_within::<ClockRequest>(&app, &headers, body, 1024).await {
+        Ok(_) => reply(Ok::<_, std::convert::Infallible>(ClockReply {
+            node_id: app.node.id,
+            now_ms: tally_raft::now_ms(),
+        })),
         Err(resp) => resp,
     }
 }

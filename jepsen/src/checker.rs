@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::history::{Op, OpType, F};
+use crate::history::{Op, OpType, F, NEMESIS};
 use crate::results::{Anomaly, CheckerResult, MAX_LISTED};
 use crate::workload::parse_event_id;
 
@@ -433,6 +433,65 @@ pub fn usage(diffs: &[(String, Result<u64, String>)]) -> CheckerResult {
     found.result("usage", shown.join(", "))
 }
 
+/// The dedup window after clock jumps: every re-send of the run's first acknowledged batch
+/// that the nemesis made while a node's clock was a year ahead must be reported as
+/// duplicates only. A year-ahead ingest time would have expired the window (one hour)
+/// and counted them again. With clock faults in the history, at least one probe must
+/// have been answered, or the window went unchecked.
+pub fn dedup_window(history: &[Op]) -> CheckerResult {
+    let mut found = Found::new();
+    let clock_faults = history
+        .iter()
+        .filter(|o| o.f == F::StartFault && o.kind == OpType::Info)
+        .filter(|o| o.fault.as_ref().is_some_and(|f| f.kind == "clock"))
+        .count();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    for op in history
+        .iter()
+        .filter(|o| o.process == NEMESIS && o.f == F::Write)
+    {
+        let Some(b) = op.batch else { continue };
+        match op.kind {
+            OpType::Invoke => sent += 1,
+            OpType::Ok => {
+                answered += 1;
+                let duplicates = op.duplicates.unwrap_or(0);
+                if duplicates != b.count {
+                    found.push(
+                        "dedup-forgotten",
+                        format!(
+                            "a re-send of client {}'s first batch (events {}..{}) at {:.3} s counted {} of its {} events again: the dedup window had forgotten them",
+                            b.client,
+                            b.first,
+                            b.first + u64::from(b.count),
+                            op.time_ms / 1000.0,
+                            b.count.saturating_sub(duplicates),
+                            b.count
+                        ),
+                        Some(op.index),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    if clock_faults > 0 && answered == 0 {
+        found.push(
+            "dedup-unchecked",
+            format!("{clock_faults} clock faults, but no re-send during one was answered"),
+            None,
+        );
+    }
+    let summary = if clock_faults == 0 {
+        "no clock faults: nothing re-sent".to_string()
+    } else {
+        format!(
+            "{clock_faults} clock faults; {answered} of {sent} re-sends of the run's first acknowledged batch answered, each must count as duplicates only"
+        )
+    };
+    found.result("dedup-window", summary)
+}
+
 /// Things the runner itself saw go wrong (a node that exited on its own, a cluster that did
 /// not settle after healing).
 pub fn runner(problems: &[(String, String)]) -> CheckerResult {
@@ -453,7 +512,7 @@ pub fn runner(problems: &[(String, String)]) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Batch, Process};
+    use crate::history::{Batch, Fault, Process};
 
     const TAG: &str = "t";
 
@@ -553,6 +612,49 @@ mod tests {
         h.push(op(11, 110.0, OpType::Ok, F::Read, None, Some(9)));
         let r = linearizable_reads(&h, &WriteFacts::from_history(&h));
         assert!(r.anomalies.iter().any(|a| a.kind == "read-above-attempted"));
+    }
+
+    #[test]
+    fn a_re_send_after_a_clock_jump_must_be_all_duplicates() {
+        let clock = Fault {
+            id: 1,
+            kind: "clock".into(),
+            nodes: vec![1],
+            description: "wall clock of leader 1 365 days ahead".into(),
+        };
+        let mut start = op(10, 100.0, OpType::Info, F::StartFault, None, None);
+        start.process = NEMESIS;
+        start.fault = Some(clock);
+        let probe = |index: u64, kind: OpType, duplicates: Option<u32>| {
+            let mut o = op(index, 200.0, kind, F::Write, b(0, 2), None);
+            o.process = NEMESIS;
+            o.duplicates = duplicates;
+            o
+        };
+        let mut h = history();
+        assert!(dedup_window(&h).valid, "no clock faults, nothing to check");
+        h.push(start);
+        let unchecked = dedup_window(&h);
+        assert_eq!(unchecked.anomalies[0].kind, "dedup-unchecked");
+        h.push(probe(11, OpType::Invoke, None));
+        h.push(probe(12, OpType::Info, None));
+        assert!(
+            !dedup_window(&h).valid,
+            "an unanswered probe checks nothing"
+        );
+        h.push(probe(13, OpType::Invoke, None));
+        h.push(probe(14, OpType::Ok, Some(2)));
+        let ok = dedup_window(&h);
+        assert!(ok.valid, "{ok:?}");
+        h.push(probe(15, OpType::Invoke, None));
+        h.push(probe(16, OpType::Ok, Some(0)));
+        let bad = dedup_window(&h);
+        assert_eq!(bad.anomalies[0].kind, "dedup-forgotten");
+        assert_eq!(bad.anomalies[0].op_index, Some(16));
+        // A client's replay is not a probe.
+        let mut h = history();
+        h.push(op(17, 300.0, OpType::Ok, F::Write, b(0, 2), None));
+        assert!(dedup_window(&h).valid);
     }
 
     #[test]

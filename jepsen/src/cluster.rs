@@ -6,7 +6,9 @@
 //! ([`ProcessCluster`]: configs, spawning, signals by pid, `PR_SET_PDEATHSIG`, SIGCONT and
 //! SIGKILL on drop); this module gives each node its proxy address (`advertise`) and its
 //! own source address (`source_ip`) so the proxies can cut links, and reads node status
-//! typed ([`NodeStatus`]).
+//! typed ([`NodeStatus`]). With the clock nemesis, every node runs under libfaketime and
+//! follows its own offset file ([`FakeClock`]), so one node's wall clock can jump while the
+//! machine's stays put.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use tally_protocol::NodeStatus;
 use tally_testkit::cluster::{free_ports, ClusterSpec, NodeSpec, ProcessCluster};
+use tally_testkit::faketime::FakeClock;
 
 use crate::proxy::{self, Proxies};
 
@@ -32,11 +35,15 @@ pub struct ClusterOptions {
     pub plants: Vec<String>,
     /// `RUST_LOG` for the nodes.
     pub log_filter: String,
+    /// Run every node under libfaketime, so its wall clock can be moved.
+    pub fake_clocks: bool,
 }
 
 pub struct Cluster {
     nodes: ProcessCluster,
     pub proxies: Proxies,
+    /// Each node's wall-clock offset file (with `fake_clocks` only).
+    clocks: BTreeMap<u64, FakeClock>,
 }
 
 impl Cluster {
@@ -58,6 +65,15 @@ impl Cluster {
         if !opts.plants.is_empty() {
             spec.env.push(("TALLY_PLANT".into(), opts.plants.join(",")));
         }
+        let mut clocks = BTreeMap::new();
+        if opts.fake_clocks {
+            for id in NODES {
+                clocks.insert(
+                    id,
+                    FakeClock::create(opts.dir.join(format!("n{id}.faketime")))?,
+                );
+            }
+        }
         spec.nodes = NODES
             .into_iter()
             .map(|id| {
@@ -74,8 +90,15 @@ impl Cluster {
                 n
             })
             .collect();
+        for (id, clock) in &clocks {
+            spec.node_mut(*id).env.extend(clock.env()?);
+        }
         let nodes = ProcessCluster::start(spec).await?;
-        let cluster = Cluster { nodes, proxies };
+        let cluster = Cluster {
+            nodes,
+            proxies,
+            clocks,
+        };
         cluster.nodes.init().await?;
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(cluster)
@@ -110,6 +133,23 @@ impl Cluster {
             return Ok(());
         }
         self.nodes.spawn(id)
+    }
+
+    /// Moves node `id`'s wall clock `days` ahead of the real one (it shows within about
+    /// two seconds: libfaketime rereads its file every second).
+    pub fn jump_clock(&self, id: u64, days: i64) -> Result<()> {
+        match self.clocks.get(&id) {
+            Some(clock) => clock.jump_days(days),
+            None => bail!("node {id} does not run under libfaketime"),
+        }
+    }
+
+    /// Every node's wall clock back to the real one.
+    pub fn reset_clocks(&self) -> Result<()> {
+        for clock in self.clocks.values() {
+            clock.reset()?;
+        }
+        Ok(())
     }
 
     pub fn pause(&mut self, id: u64) -> Result<()> {

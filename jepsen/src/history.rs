@@ -72,7 +72,7 @@ pub struct Batch {
 pub struct Fault {
     /// Pairs the start with its stop.
     pub id: u32,
-    /// `kill`, `pause`, `partition` or `sink`.
+    /// `kill`, `pause`, `partition`, `sink` or `clock`.
     pub kind: String,
     /// Nodes it affects (empty for a record-store outage).
     pub nodes: Vec<u64>,
@@ -195,6 +195,16 @@ impl Recorder {
             }
         }
         t
+    }
+
+    /// The first batch a client got acknowledged (not a replay), if any yet.
+    pub fn first_acked_batch(&self) -> Option<Batch> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .ops
+            .iter()
+            .filter(|op| op.f == F::Write && op.kind == OpType::Ok && op.process != NEMESIS)
+            .find_map(|op| op.batch.filter(|b| !b.replay))
     }
 
     /// Flushes the file and returns everything recorded so far.

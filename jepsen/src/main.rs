@@ -27,7 +27,8 @@ enum Command {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Faults to inject, comma-separated: kill, pause, partition, sink (or none).
+    /// Faults to inject, comma-separated: kill, pause, partition, sink, clock (or none).
+    /// `clock` needs libfaketime (package `faketime`).
     #[arg(long, default_value = "kill,pause,partition,sink")]
     nemesis: String,
     /// Seconds of workload and faults (healing and checking come after).

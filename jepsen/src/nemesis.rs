@@ -1,5 +1,10 @@
 //! The nemesis: injects one fault at a time (now and then a record-store outage on top of
 //! another), holds it, heals it, and records both ends in the history.
+//!
+//! The clock fault moves one node's wall clock a year ahead (libfaketime; the machine's
+//! clock and the node's monotonic clock stay put) and back. Before it heals one, it re-sends
+//! the run's first acknowledged batch: a dedup window that the jump emptied would count it
+//! again (`checker::dedup_window`).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +16,17 @@ use rand::Rng;
 use crate::cluster::{Cluster, DATA_NODES, NODES, WITNESS};
 use crate::history::{Fault, Op, OpType, Recorder, F, NEMESIS};
 use crate::store::Store;
+use crate::workload::Workload;
+
+/// How far the clock nemesis moves a node's wall clock.
+pub const CLOCK_JUMP_DAYS: i64 = 365;
+/// A clock fault is held at least this long: libfaketime shows a jump within about two
+/// seconds, and the jumped node should then lead for a while.
+const CLOCK_MIN_HOLD: Duration = Duration::from_secs(5);
+/// libfaketime shows a new offset within this long (it rereads its file every second).
+const CLOCK_SHOWS_WITHIN: Duration = Duration::from_millis(2_500);
+/// Dedup probes per clock fault, at most, until one is answered.
+const PROBE_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -18,6 +34,7 @@ pub enum Kind {
     Pause,
     Partition,
     Sink,
+    Clock,
 }
 
 impl Kind {
@@ -29,9 +46,10 @@ impl Kind {
                 "pause" => Kind::Pause,
                 "partition" => Kind::Partition,
                 "sink" => Kind::Sink,
+                "clock" => Kind::Clock,
                 "none" => continue,
                 other => bail!(
-                    "unknown nemesis {other:?}: use kill, pause, partition, sink (comma-separated) or none"
+                    "unknown nemesis {other:?}: use kill, pause, partition, sink, clock (comma-separated) or none"
                 ),
             };
             if !kinds.contains(&k) {
@@ -47,6 +65,7 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::Partition => "partition",
             Kind::Sink => "sink",
+            Kind::Clock => "clock",
         }
     }
 }
@@ -58,6 +77,7 @@ enum Active {
     Partitioned,
     StoreKilled,
     StorePaused,
+    ClockJumped(u64),
 }
 
 struct Injected {
@@ -73,6 +93,10 @@ pub struct Nemesis {
     /// Quiet time between faults and how long one is held, in ms.
     pub quiet_ms: (u64, u64),
     pub hold_ms: (u64, u64),
+    /// Sends the dedup probes of clock faults.
+    pub probe: Option<Workload>,
+    /// What the nemesis saw go wrong, for the `cluster` checker (`(kind, description)`).
+    pub findings: Vec<(String, String)>,
 }
 
 impl Nemesis {
@@ -84,6 +108,8 @@ impl Nemesis {
             injected: 0,
             quiet_ms: (1_500, 5_000),
             hold_ms: (1_500, 7_000),
+            probe: None,
+            findings: Vec::new(),
         }
     }
 
@@ -113,12 +139,16 @@ impl Nemesis {
             if kind != Kind::Sink && self.kinds.contains(&Kind::Sink) && rng.gen_bool(0.2) {
                 faults.push(self.start(Kind::Sink, rng, cluster, store).await?);
             }
-            let hold = Duration::from_millis(rng.gen_range(self.hold_ms.0..=self.hold_ms.1));
+            let mut hold = Duration::from_millis(rng.gen_range(self.hold_ms.0..=self.hold_ms.1));
+            if kind == Kind::Clock {
+                hold = hold.max(CLOCK_MIN_HOLD);
+            }
             let until = (Instant::now() + hold).min(deadline);
             tokio::time::sleep_until(until.into()).await;
             for f in faults.into_iter().rev() {
                 self.stop(f, cluster, store).await?;
             }
+            problems.append(&mut self.findings);
             // A node that died without the nemesis killing it is a finding; restart it so
             // the run goes on.
             for (id, problem) in cluster.unexpected_exits() {
@@ -198,6 +228,22 @@ impl Nemesis {
                     (alone, desc, None)
                 }
             }
+            Kind::Clock => {
+                let target = match data_leader {
+                    Some(l) if rng.gen_range(0..100) < 80 => l,
+                    _ => *NODES.choose(rng).expect("nodes"),
+                };
+                let what = if Some(target) == leader {
+                    format!("leader {target}")
+                } else {
+                    format!("node {target}")
+                };
+                (
+                    vec![target],
+                    format!("wall clock of {what} {CLOCK_JUMP_DAYS} days ahead (libfaketime)"),
+                    Some(target),
+                )
+            }
             Kind::Sink => (vec![], String::new(), None),
         };
         self.next_id += 1;
@@ -224,6 +270,23 @@ impl Nemesis {
             Kind::Partition => {
                 self.record(F::StartFault, OpType::Invoke, &fault);
                 Active::Partitioned
+            }
+            Kind::Clock => {
+                let t = plan.expect("target");
+                // With the kill nemesis too, now and then the node also restarts with its
+                // clock ahead: it must not trust that clock once it leads again.
+                let restart = self.kinds.contains(&Kind::Kill) && rng.gen_bool(0.3);
+                if restart {
+                    fault.description += "; then SIGKILL and restart it, its clock still ahead";
+                }
+                self.record(F::StartFault, OpType::Invoke, &fault);
+                cluster.jump_clock(t, CLOCK_JUMP_DAYS)?;
+                if restart {
+                    tokio::time::sleep(CLOCK_SHOWS_WITHIN).await;
+                    cluster.kill(t)?;
+                    cluster.restart(t)?;
+                }
+                Active::ClockJumped(t)
             }
             Kind::Sink => {
                 let freeze = rng.gen_bool(0.5);
@@ -254,8 +317,47 @@ impl Nemesis {
             Active::Partitioned => cluster.proxies.heal(),
             Active::StorePaused => store.resume()?,
             Active::StoreKilled => tokio::task::block_in_place(|| store.restart())?,
+            Active::ClockJumped(id) => {
+                self.check_clock_moved(cluster, id, &f.fault).await;
+                self.probe_dedup(cluster, id).await;
+                cluster.reset_clocks()?;
+            }
         }
         self.record(F::StopFault, OpType::Info, &f.fault);
         Ok(())
+    }
+
+    /// A clock fault that did not move the node's clock proves nothing: a finding, unless
+    /// the node does not report its clock (a version before clock sampling) or is busy.
+    async fn check_clock_moved(&mut self, cluster: &Cluster, id: u64, fault: &Fault) {
+        let Some(status) = cluster.status(id, Duration::from_secs(2)).await else {
+            return;
+        };
+        let local = status.clock.local_ms;
+        let expected = crate::now_ms() + (CLOCK_JUMP_DAYS - 1) * 86_400_000;
+        if local != 0 && local < expected {
+            self.findings.push((
+                "clock-not-moved".into(),
+                format!(
+                    "fault {}: node {id}'s wall clock read {local} ms, not {CLOCK_JUMP_DAYS} days ahead; is libfaketime preloaded (see its log)?",
+                    fault.id
+                ),
+            ));
+        }
+    }
+
+    /// Re-sends the run's first acknowledged batch through node `id` while its clock is
+    /// still ahead, until one attempt is answered (at most [`PROBE_ATTEMPTS`]).
+    async fn probe_dedup(&self, cluster: &Cluster, id: u64) {
+        let (Some(workload), Some(batch)) = (&self.probe, self.recorder.first_acked_batch()) else {
+            return;
+        };
+        let node = (id, cluster.client_addr(id).to_string());
+        for _ in 0..PROBE_ATTEMPTS {
+            if workload.probe(node.clone(), batch).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 }

@@ -42,7 +42,7 @@ const INFO_COLOUR: &str = "#ff7f0e";
 const READ_COLOUR: &str = "#1f77b4";
 const P95_COLOUR: &str = "#222222";
 
-const FAULT_KINDS: [&str; 4] = ["kill", "pause", "partition", "sink"];
+const FAULT_KINDS: [&str; 5] = ["kill", "pause", "partition", "sink", "clock"];
 
 /// Writes into a `String`, which cannot fail.
 macro_rules! w {
@@ -143,6 +143,7 @@ fn colour_of_kind(kind: &str) -> &'static str {
         "pause" => "#0969da",
         "partition" => "#d4a72c",
         "sink" => "#6e7781",
+        "clock" => "#bf3989",
         _ => "#1b9e9e",
     }
 }

@@ -72,6 +72,10 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
     if opts.nemeses.contains(&Kind::Sink) && opts.record_store.is_some() {
         bail!("the `sink` nemesis stops the record store, so it needs the harness's own MariaDB: drop --record-store or the sink nemesis");
     }
+    if opts.nemeses.contains(&Kind::Clock) {
+        // Fail before anything starts, with what to install.
+        tally_testkit::faketime::library()?;
+    }
     let cluster_dir = prepare_dir(&opts)?;
     let mut store = match &opts.record_store {
         Some(url) => Store::external(url)?,
@@ -103,6 +107,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
         record_store: store.url(),
         plants: opts.plants.clone(),
         log_filter: opts.node_log.clone(),
+        fake_clocks: opts.nemeses.contains(&Kind::Clock),
     })
     .await?;
 
@@ -135,6 +140,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
 
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut nemesis = Nemesis::new(opts.nemeses.clone(), recorder.clone());
+    nemesis.probe = Some(workload.clone());
     let mut problems: Vec<(String, String)> = Vec::new();
     let nemesis_result = nemesis
         .run(&mut rng, &mut cluster, &mut store, deadline, &mut problems)
@@ -142,6 +148,8 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
 
     // Heal everything, whatever state the nemesis ended in.
     problems.extend(cluster.unexpected_exits().into_iter().map(|(_, p)| p));
+    problems.append(&mut nemesis.findings);
+    cluster.reset_clocks()?;
     tokio::task::block_in_place(|| store.heal())?;
     cluster.proxies.heal();
     for id in NODES {
@@ -177,8 +185,16 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
     for id in DATA_NODES {
         counts.push((
             format!("replica {id} (local read)"),
-            local_count(&cluster, id, &tag).await,
+            local_count(&cluster, id, &tag, "day").await,
         ));
+        // Every event of the run is minutes old: buckets evicted early (retention driven by
+        // a wrong ingest time) count below the acknowledged events.
+        for granularity in ["hour", "minute"] {
+            counts.push((
+                format!("replica {id} {granularity} buckets (local read)"),
+                local_count(&cluster, id, &tag, granularity).await,
+            ));
+        }
     }
 
     let pool = store.connect().await?;
@@ -195,6 +211,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
         checker::linearizable_reads(&history, &facts),
         checker::digests(&digests),
         checker::usage(&usage),
+        checker::dedup_window(&history),
         checker::runner(&problems),
     ];
     let mut stats = stats(&history, &facts);
@@ -293,10 +310,11 @@ async fn final_digests(cluster: &Cluster) -> BTreeMap<u64, Option<(u64, String)>
     }
 }
 
-/// The run's events counted in node `id`'s own state (`consistency=none`).
-async fn local_count(cluster: &Cluster, id: u64, tag: &str) -> Option<u64> {
+/// The run's events counted in node `id`'s own state (`consistency=none`), summed over its
+/// buckets of `granularity`.
+async fn local_count(cluster: &Cluster, id: u64, tag: &str, granularity: &str) -> Option<u64> {
     let url = format!(
-        "http://{}/v1/aggregates?granularity=day&api={tag}&group_by=api_name&consistency=none",
+        "http://{}/v1/aggregates?granularity={granularity}&api={tag}&group_by=api_name&consistency=none",
         cluster.client_addr(id)
     );
     let v: Value = reqwest::Client::new()

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::history::{Batch, Op, OpType, Process, Recorder, F};
+use crate::history::{Batch, Op, OpType, Process, Recorder, F, NEMESIS};
 
 /// Attempts per batch (the first send plus retries), each on a random node.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -277,6 +277,54 @@ impl Workload {
             tokio::time::sleep(backoff + Duration::from_millis(rng.gen_range(0..50))).await;
         }
         false
+    }
+
+    /// The nemesis's dedup probe: re-sends `batch`, acknowledged earlier, to `node`, recorded
+    /// as a replay by the nemesis (`checker::dedup_window` wants every id reported as a
+    /// duplicate). Returns the duplicates the answer reported, if it was a 200.
+    pub async fn probe(&self, (node, addr): (u64, String), batch: Batch) -> Option<u32> {
+        let batch = Batch {
+            replay: true,
+            ..batch
+        };
+        let mut invoke = Op::new(NEMESIS, OpType::Invoke, F::Write);
+        invoke.node = Some(node);
+        invoke.batch = Some(batch);
+        let invoked = Instant::now();
+        self.recorder.record(invoke.clone());
+        let mut done = Op {
+            kind: OpType::Info,
+            ..invoke
+        };
+        let result = self
+            .http
+            .post(format!("http://{addr}/v1/events"))
+            .header("content-type", "application/json")
+            .body(self.body(&batch, crate::now_ms()))
+            .timeout(WRITE_TIMEOUT)
+            .send()
+            .await;
+        match result {
+            Err(e) => done.error = Some(transport_error(&e)),
+            Ok(resp) => {
+                let status = resp.status();
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                if status.is_success() {
+                    done.kind = OpType::Ok;
+                    done.log_index = v.get("index").and_then(Value::as_u64);
+                    done.duplicates = v
+                        .get("duplicates")
+                        .and_then(Value::as_u64)
+                        .map(|d| d as u32);
+                } else {
+                    done.error = Some(format!("{} {}", status.as_u16(), error_code(&v)));
+                }
+            }
+        }
+        done.latency_ms = Some(invoked.elapsed().as_secs_f64() * 1000.0);
+        let duplicates = done.duplicates.filter(|_| done.kind == OpType::Ok);
+        self.recorder.record(done);
+        duplicates
     }
 
     /// `consistency=linearizable` aggregates: the events of this run counted so far.

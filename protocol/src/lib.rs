@@ -5,7 +5,7 @@
 //! status JSON by string.
 //!
 //! * [`NodeStatus`] — `GET /v1/cluster`: who this node is, what Raft says, its log,
-//!   snapshots, state, ingest and record-store sink. `/metrics` renders the same value.
+//!   snapshots, state, ingest, record-store sink and clock. `/metrics` renders the same value.
 //! * [`MembershipAnswer`] — what a membership operation did and the membership it left.
 //!
 //! This crate depends on serde alone, so a client links no server code.
@@ -13,6 +13,7 @@
 mod status;
 
 pub use status::{
-    IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus, OverflowStatus, RaftState,
-    RetentionStatus, Role, SinkDetail, SinkStatus, SnapshotFileStatus, StateStatus,
+    ClockBound, ClockStatus, IngestStatus, LogStatus, MemberStatus, MembershipAnswer, NodeStatus,
+    OverflowStatus, PeerClockStatus, RaftState, RetentionStatus, Role, SinkDetail, SinkStatus,
+    SnapshotFileStatus, StateStatus,
 };

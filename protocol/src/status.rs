@@ -98,6 +98,10 @@ pub struct NodeStatus {
     pub state: StateStatus,
     pub ingest: IngestStatus,
     pub sink: SinkStatus,
+    /// How this node's clock compares with its voters' (a node of the previous version
+    /// answered without it).
+    #[serde(default)]
+    pub clock: ClockStatus,
 }
 
 impl NodeStatus {
@@ -230,6 +234,80 @@ pub struct IngestStatus {
     pub rejected_overload: u64,
 }
 
+/// The ingest time a leader stamps into entries, and the voters' clocks that bound it.
+///
+/// Every data node samples its voters' wall clocks about once a second; the leader stamps
+/// each ingest entry with its own clock, held within `max_skew_ms` of the time a majority
+/// of voters' clocks have reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    /// Most a stamp may differ from the majority's clock (`[raft] max_clock_skew_ms`).
+    #[serde(default)]
+    pub max_skew_ms: u64,
+    /// This node's wall clock (epoch ms) when the status was taken.
+    #[serde(default)]
+    pub local_ms: i64,
+    /// The newest time a majority of voters' clocks (this node's included) have reached;
+    /// `None` while fewer than a majority have a fresh sample.
+    #[serde(default)]
+    pub majority_ms: Option<i64>,
+    /// This node's clock minus `majority_ms` (positive: this node is ahead).
+    #[serde(default)]
+    pub ahead_ms: Option<i64>,
+    /// What bounds a stamp made now.
+    #[serde(default)]
+    pub bound: ClockBound,
+    /// A stamp made now would not be this node's clock: it is more than `max_skew_ms`
+    /// off the bound.
+    #[serde(default)]
+    pub clamping: bool,
+    /// Ingest entries this node stamped with a time other than its own clock.
+    #[serde(default)]
+    pub clamped_total: u64,
+    /// The newest ingest time this node stamped.
+    #[serde(default)]
+    pub last_stamp_ms: Option<i64>,
+    /// The other voters, by id.
+    #[serde(default)]
+    pub peers: Vec<PeerClockStatus>,
+}
+
+/// What bounds the ingest time a node stamps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockBound {
+    /// A majority of voters' clocks (the normal case).
+    Majority,
+    /// No fresh majority: the last trusted time, carried forward by the monotonic clock.
+    Monotonic,
+    /// Nothing known yet (or a node that samples nobody): the local clock as it is.
+    #[default]
+    Local,
+}
+
+impl ClockBound {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClockBound::Majority => "majority",
+            ClockBound::Monotonic => "monotonic",
+            ClockBound::Local => "local",
+        }
+    }
+}
+
+/// One voter's clock as this node estimates it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerClockStatus {
+    pub id: u64,
+    /// The peer's clock minus this node's (positive: the peer is ahead); `None` without a
+    /// fresh sample (down, cut off, or too slow to answer).
+    pub skew_ms: Option<i64>,
+    /// Round trip of the newest sample (the estimate is good to about half of it).
+    pub rtt_ms: Option<u64>,
+    /// Age of the newest sample.
+    pub sample_age_ms: Option<u64>,
+}
+
 /// The record-store sink and the pending queue it drains.
 ///
 /// A data node without a record store still queues counted events (bounded by dropping
@@ -309,6 +387,7 @@ mod tests {
             state: StateStatus::default(),
             ingest: IngestStatus::default(),
             sink,
+            clock: ClockStatus::default(),
         }
     }
 
@@ -429,6 +508,30 @@ mod tests {
             entries: 3,
             rejected_overload: 4,
         };
+        status.clock = ClockStatus {
+            max_skew_ms: 10_000,
+            local_ms: 1_800_000_000_000,
+            majority_ms: Some(1_799_999_999_000),
+            ahead_ms: Some(1_000),
+            bound: ClockBound::Majority,
+            clamping: false,
+            clamped_total: 2,
+            last_stamp_ms: Some(1_799_999_998_000),
+            peers: vec![
+                PeerClockStatus {
+                    id: 2,
+                    skew_ms: Some(-1_000),
+                    rtt_ms: Some(1),
+                    sample_age_ms: Some(400),
+                },
+                PeerClockStatus {
+                    id: 3,
+                    skew_ms: None,
+                    rtt_ms: None,
+                    sample_age_ms: None,
+                },
+            ],
+        };
         let expected = serde_json::json!({
             "node_id": 1, "role": "data", "raft_state": "Leader", "leader_id": 1, "term": 3,
             "last_log_index": 10, "committed_index": 10, "cluster_committed_index": 10,
@@ -453,10 +556,23 @@ mod tests {
                 "max_backlog_events": 200_000, "events_written": 8,
                 "events_already_present": 9, "transactions": 2, "last_write_ms": 1_000,
                 "last_error": null, "last_error_ms": null, "consecutive_errors": 0},
+            "clock": {"max_skew_ms": 10_000, "local_ms": 1_800_000_000_000_i64,
+                "majority_ms": 1_799_999_999_000_i64, "ahead_ms": 1_000, "bound": "majority",
+                "clamping": false, "clamped_total": 2, "last_stamp_ms": 1_799_999_998_000_i64,
+                "peers": [{"id": 2, "skew_ms": -1_000, "rtt_ms": 1, "sample_age_ms": 400},
+                    {"id": 3, "skew_ms": null, "rtt_ms": null, "sample_age_ms": null}]},
         });
         assert_eq!(serde_json::to_value(&status).unwrap(), expected);
         let back: NodeStatus = serde_json::from_value(expected).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn a_status_without_clock_still_parses() {
+        let mut json = serde_json::to_value(sample(SinkStatus::default())).unwrap();
+        json.as_object_mut().unwrap().remove("clock");
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.clock, ClockStatus::default());
     }
 
     #[test]

@@ -2,12 +2,11 @@
 //!
 //! Requests queue in a bounded channel. A single loop takes whatever is queued (up to
 //! [`BatcherConfig::max_events_per_entry`] events or [`BatcherConfig::max_bytes_per_entry`]
-//! bytes), stamps it with the proposer's clock and key caps, and proposes
-//! it as one entry; up to [`BatcherConfig::max_inflight`] entries are in flight at once, so
-//! while the log is syncing the next group is already forming. A full queue is refused at
-//! once ([`IngestError::Overloaded`]) rather than buffered without bound.
+//! bytes), stamps it with the proposer's clock (held near the voters', `crate::clock`) and
+//! key caps, and proposes it as one entry; up to [`BatcherConfig::max_inflight`] entries are
+//! in flight at once, so while the log is syncing the next group is already forming. A full
+//! queue is refused at once ([`IngestError::Overloaded`]) rather than buffered without bound.
 
-use crate::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use tally_analytics::{Event, IngestBatch, KeyCaps};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::clock::Stamper;
 use crate::error::NotLeader;
 use crate::state_machine::Raft;
 use crate::tasks::{Cancel, Tasks};
@@ -38,6 +38,9 @@ pub struct BatcherConfig {
     /// The key caps stamped into every entry this node proposes (every replica applies an
     /// entry with the caps it carries).
     pub key_caps: KeyCaps,
+    /// Most an entry's ingest time may differ from the voters' majority clock
+    /// (`crate::clock`).
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for BatcherConfig {
@@ -49,6 +52,7 @@ impl Default for BatcherConfig {
             max_inflight: 4,
             commit_timeout: Duration::from_secs(10),
             key_caps: KeyCaps::default(),
+            max_clock_skew_ms: crate::clock::DEFAULT_MAX_CLOCK_SKEW_MS,
         }
     }
 }
@@ -125,10 +129,16 @@ impl IngestQueue {
     /// Starts the batching loop for `raft` as one of the node's `tasks` and returns the
     /// handle that feeds it. On cancellation the loop stops taking requests and waits for
     /// the entries in flight to be answered.
-    pub fn start(raft: Raft, config: BatcherConfig, tasks: &Tasks) -> IngestQueue {
+    pub fn start(
+        raft: Raft,
+        config: BatcherConfig,
+        stamper: Stamper,
+        tasks: &Tasks,
+    ) -> IngestQueue {
         let (tx, rx) = mpsc::channel(config.queue_requests.max(1));
         let stats = Arc::new(IngestStats::default());
-        tasks.spawn_owned(run(raft, config, rx, stats.clone(), tasks.cancel_signal()));
+        let cancel = tasks.cancel_signal();
+        tasks.spawn_owned(run(raft, config, stamper, rx, stats.clone(), cancel));
         IngestQueue {
             tx,
             stats,
@@ -188,6 +198,7 @@ impl IngestQueue {
 async fn run(
     raft: Raft,
     config: BatcherConfig,
+    stamper: Stamper,
     mut rx: mpsc::Receiver<Job>,
     stats: Arc<IngestStats>,
     cancel: Cancel,
@@ -231,8 +242,9 @@ async fn run(
         let raft = raft.clone();
         let timeout = config.commit_timeout;
         let caps = config.key_caps;
+        let ingest_ms = stamper.stamp();
         commits.spawn(async move {
-            commit(raft, jobs, caps, timeout).await;
+            commit(raft, jobs, caps, timeout, ingest_ms).await;
             drop(permit);
         });
     }
@@ -246,7 +258,7 @@ async fn run(
     while commits.join_next().await.is_some() {}
 }
 
-async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration) {
+async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration, ingest_ms: i64) {
     let mut requests = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -264,12 +276,13 @@ async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration) {
             }));
         }
     }
-    // The ingest time and the key caps are stamped here, by the proposer, so that every
-    // replica applies the same bytes: apply itself never reads a clock or its own config.
+    // The ingest time (`run`, from `crate::clock`) and the key caps are stamped by the
+    // proposer, so that every replica applies the same bytes: apply itself never reads a
+    // clock or its own config.
     let entry = Request::IngestBudgeted {
         caps,
         batch: IngestBatch {
-            ingest_ms: now_ms(),
+            ingest_ms,
             requests,
         },
     };

@@ -5,10 +5,12 @@
 //!   nothing on a witness; builds and installs checksummed snapshot files. Also declares
 //!   [`Raft`], the node's openraft instance.
 //! * [`network`] / [`rpc`] — Raft RPC over HTTP with bincode bodies and the cluster secret
-//!   (openraft's RPCs, plus Tally's `/raft/snapshot-index` for the snapshot floor).
+//!   (openraft's RPCs, plus Tally's `/raft/snapshot-index` for the snapshot floor and
+//!   `/raft/clock` for the voters' clocks).
 //! * [`peer_http`] — how peers are reached: plain HTTP, or HTTPS against the cluster's CA
 //!   with the node's certificate as client identity (the one peer-client builder).
 //! * [`batcher`] — group commit: concurrent ingest requests become one entry.
+//! * [`clock`] — the ingest time the leader stamps, held near its voters' clocks.
 //! * [`sink`] — the leader's exactly-once writer into the record store.
 //! * [`retention`] — data nodes: purge the log behind snapshots; the leader publishes the
 //!   snapshot floor.
@@ -21,14 +23,16 @@
 //! * [`tasks`] — the node's background tasks, owned and joined on shutdown.
 //! * [`options`] — what a node is started with ([`NodeOptions`], [`RaftTiming`]).
 //! * [`node`] — assembles a node from its options (assembly only: the policies live in
-//!   [`retention`] and [`witness`], each a thin loop over a pure, unit-tested decision).
+//!   [`retention`], [`witness`] and [`clock`], each a thin loop over a pure, unit-tested
+//!   decision).
 //!
 //! Invariants kept here: an ingest request is acknowledged only after its entry is committed
 //! (fsynced on a majority by the log store) and applied on the leader; the proposer stamps
-//! the ingest time into the entry so `apply` never reads a clock; a witness never builds,
-//! keeps or ships analytic state.
+//! the ingest time into the entry so `apply` never reads a clock, and holds it near what a
+//! majority of voters' clocks say; a witness never builds, keeps or ships analytic state.
 
 pub mod batcher;
+pub mod clock;
 pub mod error;
 pub mod membership;
 pub mod network;

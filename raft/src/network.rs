@@ -84,6 +84,25 @@ impl HttpNetwork {
                 Failure::Unreachable(m) | Failure::Network(m) | Failure::NoSuchPath(m) => m,
             })
     }
+
+    /// Asks voter `target` for its wall clock (Tally's own RPC, with the cluster secret).
+    pub async fn clock(
+        &self,
+        from: NodeId,
+        target: NodeId,
+        node: &TallyNode,
+        timeout: Duration,
+    ) -> Result<rpc::ClockReply, String> {
+        let req = rpc::ClockRequest { from };
+        self.peer(target, node)
+            .call(path::CLOCK, &req, timeout)
+            .await
+            .map_err(|f| match f {
+                // An older peer without the clock RPC: no sample (`crate::clock` then
+                // bounds stamps by the monotonic clock while no majority answers).
+                Failure::Unreachable(m) | Failure::Network(m) | Failure::NoSuchPath(m) => m,
+            })
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {

@@ -13,6 +13,7 @@ use tally_storage::records::RecordStore;
 use tally_storage::{LogStore, SnapshotFiles};
 
 use crate::batcher::{IngestAck, IngestError, IngestQueue};
+use crate::clock::{ClockGuard, Stamper};
 use crate::error::NotLeader;
 use crate::network::HttpNetwork;
 use crate::rpc::SnapshotIndexReply;
@@ -20,7 +21,7 @@ use crate::sink::{self, SinkConfig, SinkMonitor};
 use crate::state_machine::{Raft, SharedState, StateMachine};
 use crate::tasks::Tasks;
 use crate::types::{NodeId, RaftMetrics, Role, TallyNode, TypeConfig};
-use crate::{retention, witness};
+use crate::{clock, retention, witness};
 
 pub use crate::options::{NodeOptions, RaftTiming, DEFAULT_WITNESS_MAX_LOG_ENTRIES};
 
@@ -98,6 +99,8 @@ pub struct Node {
     /// A snapshot being received in chunks (`/raft/snapshot-chunk`).
     pub incoming_snapshot: Arc<crate::snapshot_transfer::Incoming>,
     pub ingest: IngestQueue,
+    /// Voters' clock samples and the ingest stamps they bound (`crate::clock`).
+    pub clock: Arc<ClockGuard>,
     recovered: Arc<AtomicBool>,
     /// The record store, once connected (data nodes with `record_store` only).
     records: Arc<std::sync::OnceLock<RecordStore>>,
@@ -141,7 +144,12 @@ impl Node {
         // which need our HTTP server: watch for it in the background; `/readyz` reports it.
         let recovered = Arc::new(AtomicBool::new(false));
         tasks.spawn(watch_recovery(raft.clone(), recovered.clone()));
-        let ingest = IngestQueue::start(raft.clone(), options.batcher.clone(), &tasks);
+        let clock = Arc::new(ClockGuard::new(options.batcher.max_clock_skew_ms));
+        let stamper = Stamper {
+            clock: clock.clone(),
+            state: state.clone(),
+        };
+        let ingest = IngestQueue::start(raft.clone(), options.batcher.clone(), stamper, &tasks);
         let records = Arc::new(std::sync::OnceLock::new());
         let sink = SinkMonitor::default();
         match options.role {
@@ -157,6 +165,11 @@ impl Node {
                         options.sink.clone(),
                     ));
                 }
+                tasks.spawn(clock::sample_voters(
+                    raft.clone(),
+                    network.clone(),
+                    clock.clone(),
+                ));
                 tasks.spawn(retention::publish_snapshot_floor(
                     raft.clone(),
                     state.clone(),
@@ -198,6 +211,7 @@ impl Node {
             snapshots,
             incoming_snapshot: Arc::new(crate::snapshot_transfer::Incoming::new(&raft_dir)),
             ingest,
+            clock,
             recovered,
             records,
             sink,
@@ -578,6 +592,11 @@ fn raft_config(options: &NodeOptions) -> Result<Config, NodeError> {
         // know about the record store.
         max_in_snapshot_log_to_keep: u64::MAX,
         install_snapshot_timeout: 60_000,
+        // A node cut off from the leader times out and campaigns; without pre-vote every
+        // round raises its term, and when the partition heals that higher term deposes a
+        // healthy leader. With pre-vote it first asks whether it could win, and a majority
+        // that still hears from the leader says no, so its term stays where it was.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     if options.role == Role::Witness {

@@ -23,6 +23,8 @@ pub mod path {
     pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
     /// Tally's own: how far a data member's snapshot reaches (for the snapshot floor).
     pub const SNAPSHOT_INDEX: &str = "/raft/snapshot-index";
+    /// Tally's own: the node's wall clock (for bounding the ingest time, `crate::clock`).
+    pub const CLOCK: &str = "/raft/clock";
 }
 
 /// Body of [`path::SNAPSHOT_INDEX`]: the leader asks a data member how far its snapshot
@@ -40,6 +42,22 @@ pub struct SnapshotIndexReply {
     pub node_id: u64,
     /// Last log index covered by the node's newest snapshot (`None`: no snapshot yet).
     pub snapshot_index: Option<u64>,
+}
+
+/// Body of [`path::CLOCK`]: a data node asks a voter for its wall clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockRequest {
+    /// The asking node.
+    pub from: u64,
+}
+
+/// Answer to [`path::CLOCK`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockReply {
+    /// The answering node: a sample counts only from the node asked.
+    pub node_id: u64,
+    /// Its wall clock when it answered, in epoch milliseconds.
+    pub now_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +147,21 @@ mod tests {
             decode::<SnapshotIndexRequest>(&encode(&req).unwrap()).unwrap(),
             req
         );
+    }
+
+    #[test]
+    fn clock_round_trip_and_wire_format() {
+        let reply = ClockReply {
+            node_id: 3,
+            now_ms: -1,
+        };
+        assert_eq!(
+            decode::<ClockReply>(&encode(&reply).unwrap()).unwrap(),
+            reply
+        );
+        // Varint integers, zigzag for the signed one: pinned so both sides stay in step.
+        assert_eq!(encode(&reply).unwrap(), vec![3, 1]);
+        assert_eq!(encode(&ClockRequest { from: 2 }).unwrap(), vec![2]);
     }
 
     #[test]

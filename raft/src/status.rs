@@ -168,6 +168,7 @@ impl Node {
                 rejected_overload: ingest.rejected_overload.load(Ordering::Relaxed),
             },
             sink,
+            clock: self.clock.status(),
         }
     }
 }

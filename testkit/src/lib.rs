@@ -3,6 +3,9 @@
 //!
 //! [`ProcessCluster`] (module [`cluster`]) runs a cluster of real `tally` processes.
 //!
+//! [`faketime::FakeClock`] moves one node's wall clock (libfaketime, preloaded) while its
+//! monotonic clock and the machine's clock stay put.
+//!
 //! [`MariaDb`] runs a throwaway MariaDB server for a test: its own temp datadir, a Unix
 //! socket, no TCP port, root without a password. Tests talk to a **real** server
 //! (never a mock) and can stop, kill and restart it to play a record-store outage.
@@ -17,6 +20,7 @@
 //! ```
 
 pub mod cluster;
+pub mod faketime;
 pub mod pki;
 pub mod usage;
 

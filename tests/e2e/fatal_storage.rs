@@ -37,7 +37,7 @@ async fn a_failed_fsync_makes_the_node_exit_and_it_rejoins_after_a_restart() {
         Command::new("strace").arg("-V").output().is_ok(),
         "strace is needed (scripts/test.sh installs it)"
     );
-    let (mut cluster, leader) = Cluster::start_formed(ClusterOpts::default()).await;
+    let (mut cluster, leader) = Cluster::start_formed(ClusterOpts::key_per_event()).await;
     let follower = DATA_NODES.into_iter().find(|&n| n != leader).unwrap();
     let ts = now_ms();
     let mut attempted = BTreeSet::new();

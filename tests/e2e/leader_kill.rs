@@ -168,7 +168,7 @@ async fn wait_for_acks(progress: &Progress, from: u64, n: u64, within: Duration)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_nothing_acknowledged_and_counts_nothing_twice() {
-    let (mut cluster, leader) = Cluster::start_formed(ClusterOpts::default()).await;
+    let (mut cluster, leader) = Cluster::start_formed(ClusterOpts::key_per_event()).await;
     let base_ms = now_ms() / 60_000 * 60_000;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::new());

@@ -11,8 +11,10 @@ mod common;
 
 mod access;
 mod bad_input;
+mod clock_skew;
 mod durability;
 mod fatal_storage;
+mod in_flight;
 mod ingest_replicated;
 mod key_overflow;
 mod leader_kill;

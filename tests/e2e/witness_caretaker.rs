@@ -55,7 +55,7 @@ async fn counted_ids(cluster: &Cluster, node: u64) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn witness_catches_up_the_returning_data_node_and_hands_over() {
-    let (mut cluster, leader) = Cluster::start_formed(ClusterOpts::default()).await;
+    let (mut cluster, leader) = Cluster::start_formed(ClusterOpts::key_per_event()).await;
     let a = leader;
     let b = if a == 1 { 2 } else { 1 };
     let w = 3;

@@ -112,6 +112,8 @@ pub struct ClusterOpts {
     pub sql_max_rows: Option<usize>,
     /// Environment of every node (e.g. `TALLY_AUTH_TOKENS`).
     pub env: Vec<(String, String)>,
+    /// Environment of one node: `(node id, name, value)`.
+    pub node_env: Vec<(u64, String, String)>,
     /// A token the test's own HTTP client and the harness's reads present (for clusters
     /// with `[auth]` tokens).
     pub token: Option<String>,
@@ -137,6 +139,15 @@ pub struct ClusterOpts {
 }
 
 impl ClusterOpts {
+    /// For tests that count every event under its own `resource` (to see each id counted
+    /// once): distinct-key caps at their maximum, so no event folds into `__other__`.
+    pub fn key_per_event() -> ClusterOpts {
+        ClusterOpts {
+            max_keys_per_tenant_bucket: Some(100_000),
+            ..ClusterOpts::default()
+        }
+    }
+
     /// The harness's description of this scenario's cluster.
     fn spec(&self) -> ClusterSpec {
         let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_tally"));
@@ -146,6 +157,9 @@ impl ClusterOpts {
         spec.log_filter = Some("info,openraft=warn".into());
         spec.env.push(("RUST_BACKTRACE".into(), "1".into()));
         spec.env.extend(self.env.iter().cloned());
+        for (id, key, value) in &self.node_env {
+            spec.node_mut(*id).env.push((key.clone(), value.clone()));
+        }
         spec.read_token = self.token.clone();
         spec.report_on_panic = true;
         spec.startup_timeout = STARTUP_TIMEOUT;
