@@ -337,18 +337,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let state = match self.role {
-            Role::Data => Some(
-                tally_analytics::State::decode_snapshot(&snapshot)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
-            ),
+        let (state, stored_data) = match self.role {
+            // Decoding a large state takes a while: on a blocking thread.
+            Role::Data => {
+                let (decoded, snapshot) = tokio::task::spawn_blocking(move || {
+                    (tally_analytics::State::decode_snapshot(&snapshot), snapshot)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                let state = decoded
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                (Some(state), snapshot)
+            }
             // The witness keeps only the position (so it can restart consistently with a
             // log purged behind it) and drops the analytic bytes.
-            Role::Witness => None,
-        };
-        let stored_data = match state {
-            Some(_) => snapshot,
-            None => witness_payload(self.shared.read().snapshot_floor),
+            Role::Witness => (None, witness_payload(self.shared.read().snapshot_floor)),
         };
         // Durable first: openraft purges the log behind an installed snapshot.
         let meta_bytes = rpc::encode(meta).map_err(io::Error::other)?;
