@@ -92,9 +92,11 @@ impl SharedState {
 
     /// The digest of the applied state and the index it describes. Computed at most once
     /// per applied index (later calls at the same index reuse it), from a frozen copy
-    /// hashed on a blocking thread: the lock is held only to take the copy.
+    /// hashed on a blocking thread: the lock is held only to take the copy. The blocking
+    /// task owns the cache's mutex until it is done, so however many requests come (or
+    /// give up and go), at most one digest is computed at a time.
     pub async fn digest(&self) -> io::Result<StateDigest> {
-        let mut cached = self.digest.lock().await;
+        let mut cached = self.digest.clone().lock_owned().await;
         let (applied_index, frozen) = {
             let applied = self.read();
             let index = applied.applied_index();
@@ -103,16 +105,18 @@ impl SharedState {
             }
             (index, applied.state.freeze())
         };
-        let digest = tokio::task::spawn_blocking(move || frozen.digest())
-            .await
-            .map_err(io::Error::other)?;
-        self.digests_computed.fetch_add(1, Ordering::Relaxed);
-        let answer = StateDigest {
-            applied_index,
-            digest,
-        };
-        *cached = Some(answer.clone());
-        Ok(answer)
+        let computed = self.digests_computed.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = StateDigest {
+                applied_index,
+                digest: frozen.digest(),
+            };
+            computed.fetch_add(1, Ordering::Relaxed);
+            *cached = Some(answer.clone());
+            answer
+        })
+        .await
+        .map_err(io::Error::other)
     }
 
     /// Digests computed since start (those served from the cache not counted).
@@ -566,6 +570,25 @@ mod tests {
         assert_ne!(moved.digest, first.digest);
         assert_eq!(moved.digest, shared.read().state.digest());
         assert_eq!(shared.digests_computed(), 2);
+    }
+
+    /// A request that gives up while its digest is computed neither stops the computation
+    /// nor lets the next request start a second one: the next waits and reuses it.
+    #[tokio::test]
+    async fn an_abandoned_digest_request_still_fills_the_cache() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Data, dir.path());
+        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"])]).await;
+        let shared = sm.shared();
+        // Polled once (it takes the mutex and starts hashing), then dropped.
+        let abandoned = Box::pin(shared.digest()).now_or_never();
+        let answer = shared.digest().await.unwrap();
+        assert_eq!(answer.digest, shared.read().state.digest());
+        if let Some(first) = abandoned {
+            assert_eq!(first.unwrap(), answer);
+        }
+        assert_eq!(shared.digests_computed(), 1);
     }
 
     /// The snapshot is encoded from a copy taken under the lock: entries applied while it
