@@ -52,8 +52,20 @@ pub struct FileConfig {
     pub analytics: AnalyticsSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub read: ReadSection,
     pub tls: Option<TlsSection>,
 }
+
+/// `[read]`: bounds on the analytic reads served from memory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadSection {
+    pub max_aggregate_rows: Option<usize>,
+}
+
+/// Bounds of `read.max_aggregate_rows`: an answer is collected in memory before it is sent.
+pub const AGGREGATE_ROWS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
 /// `[http]`: bounds on the connections clients (and peers) hold.
 #[derive(Debug, Default, Deserialize)]
@@ -100,10 +112,14 @@ pub struct TokenEntry {
 pub struct AnalyticsSection {
     pub max_keys_per_tenant_bucket: Option<u32>,
     pub max_tenants_per_bucket: Option<u32>,
+    pub max_rows_per_granularity: Option<u32>,
 }
 
 /// Largest value of either key cap: beyond it the cap no longer bounds memory usefully.
 pub const MAX_KEY_CAP: u32 = 100_000;
+/// Bounds of `analytics.max_rows_per_granularity`: 50 million rows per granularity is
+/// ≈ 80 GiB of aggregates, beyond any node this runs on.
+pub const ROW_BUDGET_RANGE: std::ops::RangeInclusive<u32> = 1..=50_000_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +279,15 @@ pub struct ServeArgs {
     /// all-"__other__" key. Stamped into the entries this node proposes as leader.
     #[arg(long, env = "TALLY_ANALYTICS_MAX_TENANTS_PER_BUCKET")]
     pub analytics_max_tenants_per_bucket: Option<u32>,
+    /// Aggregate rows (bucket × key) one granularity may hold (1 to 50,000,000); past it,
+    /// new keys fold into their bucket's all-"__other__" key. Stamped into the entries this
+    /// node proposes as leader.
+    #[arg(long, env = "TALLY_ANALYTICS_MAX_ROWS_PER_GRANULARITY")]
+    pub analytics_max_rows_per_granularity: Option<u32>,
+    /// Most rows a GET /v1/aggregates answer may hold (1 to 1,000,000); a query that would
+    /// give more is refused with 400 too_many_rows.
+    #[arg(long, env = "TALLY_READ_MAX_AGGREGATE_ROWS")]
+    pub read_max_aggregate_rows: Option<usize>,
     /// Most bytes of encoded rows a /v1/sql answer carries (1 KiB to 1 GiB; more are cut,
     /// and the answer says so).
     #[arg(long, env = "TALLY_SQL_MAX_RESULT_BYTES")]
@@ -314,6 +339,8 @@ pub struct NodeConfig {
     pub max_requests_in_flight: usize,
     pub max_ingest_bytes_in_flight: usize,
     pub sql: SqlLimits,
+    /// `read.max_aggregate_rows`.
+    pub max_aggregate_rows: usize,
     pub http: HttpLimits,
     /// `None`: plain HTTP.
     pub tls: Option<TlsServer>,
@@ -465,6 +492,31 @@ impl ServeArgs {
                 *slot = n;
             }
         }
+        if let Some(n) = self
+            .analytics_max_rows_per_granularity
+            .or(file.analytics.max_rows_per_granularity)
+        {
+            if !ROW_BUDGET_RANGE.contains(&n) {
+                bail!(
+                    "analytics.max_rows_per_granularity must be between 1 and {}: it bounds the \
+                     aggregate rows held in memory at each granularity, ≈ 580 bytes each \
+                     (got {n})",
+                    ROW_BUDGET_RANGE.end()
+                );
+            }
+            batcher.key_caps.max_rows_per_granularity = n;
+        }
+        let max_aggregate_rows = self
+            .read_max_aggregate_rows
+            .or(file.read.max_aggregate_rows)
+            .unwrap_or(tally_api::DEFAULT_MAX_AGGREGATE_ROWS);
+        if !AGGREGATE_ROWS_RANGE.contains(&max_aggregate_rows) {
+            bail!(
+                "read.max_aggregate_rows must be between 1 and {}: a /v1/aggregates answer is \
+                 collected in memory before it is sent (got {max_aggregate_rows})",
+                AGGREGATE_ROWS_RANGE.end()
+            );
+        }
         let max_body_bytes = self
             .max_body_bytes
             .or(file.ingest.max_body_bytes)
@@ -615,6 +667,7 @@ impl ServeArgs {
             max_ingest_bytes_in_flight,
             listen,
             sql,
+            max_aggregate_rows,
             max_body_bytes,
             http,
             tls,
@@ -1069,6 +1122,59 @@ witnesses = [3]
             let err = resolve(Some(bad)).unwrap_err().to_string();
             assert!(
                 err.contains("analytics.max_keys_per_tenant_bucket must be between 1 and"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_row_budget_and_the_aggregate_row_cap_come_from_file_or_flags_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DOCUMENTED_EXAMPLE).unwrap();
+        let resolve = |rows: Option<u32>, read: Option<usize>| {
+            ServeArgs {
+                config: Some(path.clone()),
+                analytics_max_rows_per_granularity: rows,
+                read_max_aggregate_rows: read,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let defaults = resolve(None, None).unwrap();
+        assert_eq!(
+            defaults.node.batcher.key_caps.max_rows_per_granularity,
+            tally_analytics::DEFAULT_MAX_ROWS_PER_GRANULARITY
+        );
+        assert_eq!(defaults.max_aggregate_rows, 10_000);
+
+        std::fs::write(
+            &path,
+            format!(
+                "{DOCUMENTED_EXAMPLE}\n[analytics]\nmax_rows_per_granularity = 1234\n\n[read]\nmax_aggregate_rows = 55\n"
+            ),
+        )
+        .unwrap();
+        let from_file = resolve(None, None).unwrap();
+        assert_eq!(
+            from_file.node.batcher.key_caps.max_rows_per_granularity,
+            1234
+        );
+        assert_eq!(from_file.max_aggregate_rows, 55);
+        let flags = resolve(Some(99), Some(7)).unwrap();
+        assert_eq!(flags.node.batcher.key_caps.max_rows_per_granularity, 99);
+        assert_eq!(flags.max_aggregate_rows, 7, "the flag wins");
+        for bad in [0, ROW_BUDGET_RANGE.end() + 1] {
+            let err = resolve(Some(bad), None).unwrap_err().to_string();
+            assert!(
+                err.contains("analytics.max_rows_per_granularity must be between 1 and"),
+                "{bad}: {err}"
+            );
+        }
+        for bad in [0, AGGREGATE_ROWS_RANGE.end() + 1] {
+            let err = resolve(None, Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("read.max_aggregate_rows must be between 1 and"),
                 "{bad}: {err}"
             );
         }

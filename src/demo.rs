@@ -100,6 +100,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             max_requests_in_flight: tally_api::in_flight::DEFAULT_MAX_REQUESTS,
             max_ingest_bytes_in_flight: tally_api::in_flight::DEFAULT_MAX_INGEST_BYTES,
             sql: tally_api::SqlLimits::default(),
+            max_aggregate_rows: tally_api::DEFAULT_MAX_AGGREGATE_ROWS,
             http: tally_api::server::HttpLimits::default(),
             tls: None,
             node: NodeOptions {

@@ -42,6 +42,7 @@ impl RunningNode {
             Limits {
                 max_body_bytes: cfg.max_body_bytes,
                 sql: cfg.sql.clone(),
+                max_aggregate_rows: cfg.max_aggregate_rows,
                 max_requests_in_flight: cfg.max_requests_in_flight,
                 max_ingest_bytes_in_flight: cfg.max_ingest_bytes_in_flight,
             },

@@ -1,12 +1,15 @@
 //! Time-bucketed aggregates (docs/sql.md): granularities, key columns, measures, the per-
 //! granularity bucket series with its retention, and the query types.
 //!
-//! Buckets live in `BTreeMap<bucket_ms, BTreeMap<GroupKey, Measures>>`: ordered by time
-//! first so retention pops expired buckets off the front, and ordered throughout so
-//! iteration (queries, digest, snapshots) is deterministic.
+//! Buckets live in `BTreeMap<bucket_ms, Arc<Bucket>>`, each bucket a
+//! `BTreeMap<GroupKey, Measures>`: ordered by time first so retention pops expired buckets
+//! off the front, and ordered throughout so iteration (queries, digest, snapshots) is
+//! deterministic. The `Arc` makes a copy of the whole series cheap (copy-on-write per
+//! bucket), so snapshots and digests are encoded from a copy, outside the state lock.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -320,50 +323,61 @@ impl GroupKey {
     }
 }
 
-pub(crate) type BucketMap = BTreeMap<i64, BTreeMap<GroupKey, Measures>>;
+/// One bucket's rows, by key.
+pub(crate) type Rows = BTreeMap<GroupKey, Measures>;
+/// The plain form of a series, as it is serialized.
+pub(crate) type BucketMap = BTreeMap<i64, Rows>;
 
-/// All buckets of one granularity. Beside the rows it keeps derived bookkeeping (never
-/// serialized, rebuilt when a snapshot loads): a row counter so `stats` does not walk the
-/// map, each bucket's tenants for the key cap, and how many rows are overflow keys.
-/// Serializes as the bare map.
+/// One bucket: its rows and the key cap's bookkeeping over them (derived from the rows).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    rows: Rows,
+    index: BucketIndex,
+}
+
+/// All buckets of one granularity, each behind an `Arc`: cloning a series (for a snapshot
+/// or a digest, under the state lock) costs one bump per bucket, and `apply` copies only a
+/// bucket it writes while a clone still holds it (`Arc::make_mut`), once. Beside the buckets
+/// it keeps derived bookkeeping (never serialized, rebuilt when a snapshot loads): row
+/// counters so `stats` and the row budget do not walk the map. Serializes as the bare map of
+/// rows, exactly as a `BTreeMap<bucket_ms, BTreeMap<GroupKey, Measures>>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Series {
-    buckets: BucketMap,
-    index: BTreeMap<i64, BucketIndex>,
+    buckets: BTreeMap<i64, Arc<Bucket>>,
     rows: usize,
     overflow_rows: usize,
 }
 
 impl Series {
     /// Counts `event` into the bucket starting at `bucket_ms`: under `key` if the bucket
-    /// holds it or `caps` admit it, else under the overflow key `caps` send it to.
-    /// Returns where it was counted.
+    /// holds it or `caps` admit it, else under the overflow key `caps` send it to. When the
+    /// series already holds `caps.max_rows_per_granularity` rows, an event that would add a
+    /// row goes to the bucket's all-`__other__` key instead (so a series holds at most the
+    /// budget plus one row per bucket). Returns where it was counted.
     pub fn add(&mut self, bucket_ms: i64, key: &GroupKey, event: &Event, caps: &KeyCaps) -> Fold {
-        let rows = self.buckets.entry(bucket_ms).or_default();
+        let budget_spent = self.rows >= caps.max_rows_per_granularity as usize;
+        let bucket = Arc::make_mut(self.buckets.entry(bucket_ms).or_default());
         // Look up first: cloning the key for `entry` on every event would be wasteful.
-        if let Some(measures) = rows.get_mut(key) {
+        if let Some(measures) = bucket.rows.get_mut(key) {
             measures.add(event);
             return Fold::Own;
         }
-        let index = self.index.entry(bucket_ms).or_default();
-        let fold = index.place(&key.tenant, key.is_overflow(), caps);
-        let target = match fold {
-            Fold::Own => key.clone(),
-            folded => {
-                let target = key.folded(folded);
-                if let Some(measures) = rows.get_mut(&target) {
-                    measures.add(event);
-                    return fold;
-                }
-                target
-            }
-        };
+        let mut fold = bucket.index.place(&key.tenant, key.is_overflow(), caps);
+        let mut target = key.folded(fold);
+        if !bucket.rows.contains_key(&target) && budget_spent {
+            fold = Fold::AllOther;
+            target = key.folded(fold);
+        }
+        if let Some(measures) = bucket.rows.get_mut(&target) {
+            measures.add(event);
+            return fold;
+        }
         let mut measures = Measures::default();
         measures.add(event);
-        index.insert(&target.tenant, target.is_overflow());
+        bucket.index.insert(&target.tenant, target.is_overflow());
         self.rows += 1;
         self.overflow_rows += usize::from(target.is_overflow());
-        rows.insert(target, measures);
+        bucket.rows.insert(target, measures);
         fold
     }
 
@@ -373,16 +387,36 @@ impl Series {
             if *entry.key() >= cutoff_ms {
                 break;
             }
-            let bucket_ms = *entry.key();
-            let rows = entry.remove();
-            self.rows -= rows.len();
-            self.overflow_rows -= rows.keys().filter(|k| k.is_overflow()).count();
-            self.index.remove(&bucket_ms);
+            let bucket = entry.remove();
+            self.rows -= bucket.rows.len();
+            self.overflow_rows -= bucket.rows.keys().filter(|k| k.is_overflow()).count();
         }
     }
 
-    pub fn buckets(&self) -> &BucketMap {
-        &self.buckets
+    /// Buckets starting in `from..to`, oldest first, with their rows.
+    pub fn range(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &Rows)> + '_ {
+        self.buckets
+            .range(from..to)
+            .map(|(&bucket_ms, bucket)| (bucket_ms, &bucket.rows))
+    }
+
+    /// Every bucket, oldest first, with its rows.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &Rows)> + '_ {
+        self.buckets
+            .iter()
+            .map(|(&bucket_ms, bucket)| (bucket_ms, &bucket.rows))
+    }
+
+    /// The rows of the bucket starting at `bucket_ms`.
+    #[cfg(test)]
+    pub fn bucket(&self, bucket_ms: i64) -> Option<&Rows> {
+        self.buckets.get(&bucket_ms).map(|bucket| &bucket.rows)
+    }
+
+    /// A plain copy of every row (tests build altered series from it).
+    #[cfg(test)]
+    pub fn to_map(&self) -> BucketMap {
+        self.iter().map(|(b, rows)| (b, rows.clone())).collect()
     }
 
     pub fn rows(&self) -> usize {
@@ -394,20 +428,34 @@ impl Series {
         self.overflow_rows
     }
 
+    /// Whether two series share every bucket (a clone nothing has written to since).
+    #[cfg(test)]
+    pub fn shares_all_buckets_with(&self, other: &Series) -> bool {
+        self.buckets.len() == other.buckets.len()
+            && self
+                .buckets
+                .values()
+                .zip(other.buckets.values())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
     pub fn from_buckets(buckets: BucketMap) -> Self {
-        let mut index: BTreeMap<i64, BucketIndex> = BTreeMap::new();
         let (mut rows, mut overflow_rows) = (0, 0);
-        for (&bucket_ms, keys) in &buckets {
-            let bucket = index.entry(bucket_ms).or_default();
-            for key in keys.keys() {
-                bucket.insert(&key.tenant, key.is_overflow());
-                overflow_rows += usize::from(key.is_overflow());
-            }
-            rows += keys.len();
-        }
+        let buckets = buckets
+            .into_iter()
+            .map(|(bucket_ms, keys)| {
+                let mut index = BucketIndex::default();
+                for key in keys.keys() {
+                    index.insert(&key.tenant, key.is_overflow());
+                    overflow_rows += usize::from(key.is_overflow());
+                }
+                rows += keys.len();
+                let bucket = Bucket { rows: keys, index };
+                (bucket_ms, Arc::new(bucket))
+            })
+            .collect();
         Series {
             buckets,
-            index,
             rows,
             overflow_rows,
         }
@@ -416,7 +464,7 @@ impl Series {
 
 impl Serialize for Series {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.buckets.serialize(serializer)
+        serializer.collect_map(self.iter())
     }
 }
 
@@ -491,15 +539,21 @@ impl AggregateRow {
     }
 }
 
-/// Answers `query` from one granularity's buckets.
-pub(crate) fn run_query(series: &Series, query: &AggregateQuery) -> Vec<AggregateRow> {
+/// Answers `query` from one granularity's buckets, or stops as soon as the answer would
+/// exceed `max_rows` rows (so a refused query costs at most that much work and memory,
+/// plus one bucket's).
+pub(crate) fn run_query(
+    series: &Series,
+    query: &AggregateQuery,
+    max_rows: usize,
+) -> Result<Vec<AggregateRow>, AnalyticsError> {
     let from = query.from_ms.unwrap_or(i64::MIN);
     let to = query.to_ms.unwrap_or(i64::MAX);
     if from >= to {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut rows = Vec::new();
-    for (&bucket_ms, keys) in series.buckets().range(from..to) {
+    for (bucket_ms, keys) in series.range(from, to) {
         // Merge this bucket's keys by the projected group values; BTreeMap keeps the
         // output sorted by group values within the bucket.
         let mut groups: BTreeMap<Vec<&str>, Measures> = BTreeMap::new();
@@ -510,6 +564,9 @@ pub(crate) fn run_query(series: &Series, query: &AggregateQuery) -> Vec<Aggregat
                 .map(|&column| key.get(column))
                 .collect();
             groups.entry(group).or_default().merge(measures);
+        }
+        if groups.len() > max_rows.saturating_sub(rows.len()) {
+            return Err(AnalyticsError::TooManyRows { max_rows });
         }
         rows.extend(groups.into_iter().map(|(values, measures)| {
             AggregateRow {
@@ -524,7 +581,7 @@ pub(crate) fn run_query(series: &Series, query: &AggregateQuery) -> Vec<Aggregat
             }
         }));
     }
-    rows
+    Ok(rows)
 }
 
 #[cfg(test)]

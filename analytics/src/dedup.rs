@@ -6,12 +6,14 @@
 //! proportional to what is evicted. A hash set beside it answers "seen?" and is never
 //! iterated, so its random order cannot leak into state, digest or snapshot.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::chunked::ChunkedQueue;
 
 /// How long an id is remembered, in ingest time: one hour covers gateway retry loops
 /// and a client re-posting after a failover, with room to spare.
@@ -21,11 +23,18 @@ pub const DEDUP_WINDOW_MS: i64 = 3_600_000;
 /// (roughly 100 bytes per id, so ~200 MB at the cap) under any ingest rate.
 pub const DEDUP_MAX_IDS: usize = 2_000_000;
 
+/// The remembered ids, oldest first, as `(first_seen_ms, event_id)`: all of the window that
+/// the digest and snapshots cover. Chunked behind `Arc`s, so copying it for a snapshot costs
+/// one bump per thousand ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DedupOrder(ChunkedQueue<(i64, Arc<str>)>);
+
 #[derive(Clone, Debug)]
 pub(crate) struct DedupWindow {
-    /// `(first_seen_ms, event_id)`, oldest first; stamps never decrease.
-    order: VecDeque<(i64, Arc<str>)>,
-    /// Membership index over `order`. Shares the strings with it.
+    /// Stamps never decrease along the queue.
+    order: DedupOrder,
+    /// Membership index over `order`. Shares the strings with it. Not needed by a copy
+    /// taken for a snapshot, which is why it lives beside the order and not inside it.
     index: HashSet<Arc<str>>,
     max_ids: usize,
 }
@@ -49,14 +58,19 @@ impl Eq for DedupWindow {}
 impl DedupWindow {
     pub fn with_max_ids(max_ids: usize) -> Self {
         DedupWindow {
-            order: VecDeque::new(),
+            order: DedupOrder::default(),
             index: HashSet::new(),
             max_ids,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.order.0.len()
+    }
+
+    /// The ids in order (cheap to clone: shares its chunks).
+    pub fn order(&self) -> &DedupOrder {
+        &self.order
     }
 
     /// Records `id` as counted at `now_ms` unless it is already remembered.
@@ -69,8 +83,8 @@ impl DedupWindow {
         }
         let id: Arc<str> = Arc::from(id);
         self.index.insert(id.clone());
-        self.order.push_back((now_ms, id));
-        while self.order.len() > self.max_ids {
+        self.order.0.push_back((now_ms, id));
+        while self.order.0.len() > self.max_ids {
             self.pop_oldest();
         }
         true
@@ -78,7 +92,7 @@ impl DedupWindow {
 
     /// Forgets ids first counted more than [`DEDUP_WINDOW_MS`] before `now_ms`.
     pub fn expire(&mut self, now_ms: i64) {
-        while let Some((first_seen, _)) = self.order.front() {
+        while let Some((first_seen, _)) = self.order.0.front() {
             if now_ms.saturating_sub(*first_seen) <= DEDUP_WINDOW_MS {
                 break;
             }
@@ -87,9 +101,10 @@ impl DedupWindow {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((_, id)) = self.order.pop_front() {
-            self.index.remove(&id);
+        if let Some((_, id)) = self.order.0.front() {
+            self.index.remove(id);
         }
+        self.order.0.drop_front();
     }
 
     /// Rebuilds a window from its serialized entries, rejecting what `insert` could
@@ -99,6 +114,7 @@ impl DedupWindow {
         for (first_seen, id) in entries {
             if window
                 .order
+                .0
                 .back()
                 .is_some_and(|(last, _)| *last > first_seen)
             {
@@ -108,17 +124,18 @@ impl DedupWindow {
             if !window.index.insert(id.clone()) {
                 return Err(format!("dedup window lists id {id:?} twice"));
             }
-            window.order.push_back((first_seen, id));
+            window.order.0.push_back((first_seen, id));
         }
         Ok(window)
     }
 }
 
-/// Serialized as the ordered sequence of `(first_seen_ms, event_id)`.
-impl Serialize for DedupWindow {
+/// Serialized as the ordered sequence of `(first_seen_ms, event_id)` (which is how the
+/// whole window is serialized: the index is derived).
+impl Serialize for DedupOrder {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.order.len()))?;
-        for (first_seen, id) in &self.order {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for (first_seen, id) in self.0.iter() {
             seq.serialize_element(&(first_seen, &**id))?;
         }
         seq.end()

@@ -31,4 +31,8 @@ pub enum AnalyticsError {
 
     #[error("corrupt analytics snapshot: {0}")]
     SnapshotCorrupt(String),
+
+    /// An aggregate query would answer more rows than allowed; it stopped there.
+    #[error("the query gives more than {max_rows} rows")]
+    TooManyRows { max_rows: usize },
 }

@@ -44,6 +44,7 @@
 //!   panic; arithmetic on measures saturates.
 
 mod aggregate;
+mod chunked;
 mod dedup;
 mod error;
 mod event;
@@ -64,11 +65,12 @@ pub use dedup::{DEDUP_MAX_IDS, DEDUP_WINDOW_MS};
 pub use error::AnalyticsError;
 pub use event::{BatchOutcome, Event, IngestBatch, Kind};
 pub use overflow::{
-    Fold, KeyCaps, DEFAULT_MAX_KEYS_PER_TENANT_BUCKET, DEFAULT_MAX_TENANTS_PER_BUCKET, OTHER,
+    Fold, KeyCaps, DEFAULT_MAX_KEYS_PER_TENANT_BUCKET, DEFAULT_MAX_ROWS_PER_GRANULARITY,
+    DEFAULT_MAX_TENANTS_PER_BUCKET, OTHER,
 };
 pub use pending::{PendingEvent, PendingStatus, PENDING_CAP};
 pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
-pub use state::{State, StateStats};
+pub use state::{FrozenState, State, StateStats};
 pub use validate::{
     check_future_skew, parse_events, BatchError, BodyFormat, FieldError, MAX_ERROR_DETAILS,
     MAX_EVENTS_PER_BATCH, MAX_FUTURE_SKEW_MS, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS,

@@ -17,6 +17,13 @@
 //! `__other__` is not counted against the tenants cap (it is where the cap sends tenants),
 //! so a bucket holds at most `(max_tenants + 1) × (max_keys + 1)` rows.
 //!
+//! Over all buckets of one granularity, a **row budget** (`max_rows_per_granularity`)
+//! bounds the total: once the series holds that many rows, an event that would add a row
+//! (under its own key or its tenant's overflow key) goes to its bucket's all-`__other__`
+//! key instead, which adds at most one row per bucket. So a granularity holds at most
+//! `budget + buckets` rows, however the keys are spread over buckets. Rows freed by
+//! retention make room again. The decision reads only the series and the entry's caps.
+//!
 //! The caps are **proposer-stamped**: the leader writes the caps it uses into each ingest
 //! entry, and `apply` uses the entry's caps, so every replica decides the same at every
 //! index whatever its own configuration. Entries written before the cap existed carry no
@@ -34,14 +41,25 @@ pub const OTHER: &str = "__other__";
 pub const DEFAULT_MAX_KEYS_PER_TENANT_BUCKET: u32 = 200;
 /// Default of [`KeyCaps::max_tenants_per_bucket`].
 pub const DEFAULT_MAX_TENANTS_PER_BUCKET: u32 = 10;
+/// Default of [`KeyCaps::max_rows_per_granularity`]: at most 3 × 250,000 + 7,600 rows (one
+/// `__other__` row per fillable bucket) at ≈ 580 bytes each with short key fields (measured
+/// by `tests/row_size.rs`) ≈ 420 MiB of aggregates per data node, whatever is posted.
+pub const DEFAULT_MAX_ROWS_PER_GRANULARITY: u32 = 250_000;
 
 /// The caps one ingest entry is applied with (stamped by its proposer).
+///
+/// It is written into the log (inside the raft crate's ingest entry), so its shape never
+/// changes: a new cap is a new shape there, beside the old one (the entry that carried the
+/// first two caps alone still decodes, and applies without a row budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyCaps {
     /// Distinct keys a tenant may hold in one bucket, its overflow key not counted.
     pub max_keys_per_tenant_bucket: u32,
     /// Distinct tenants one bucket may hold, the tenant `__other__` not counted.
     pub max_tenants_per_bucket: u32,
+    /// Rows (bucket × key) one granularity may hold before any new row goes to its
+    /// bucket's all-`__other__` key (at most one more row per bucket).
+    pub max_rows_per_granularity: u32,
 }
 
 impl KeyCaps {
@@ -49,6 +67,7 @@ impl KeyCaps {
     pub const UNLIMITED: KeyCaps = KeyCaps {
         max_keys_per_tenant_bucket: u32::MAX,
         max_tenants_per_bucket: u32::MAX,
+        max_rows_per_granularity: u32::MAX,
     };
 }
 
@@ -57,6 +76,7 @@ impl Default for KeyCaps {
         KeyCaps {
             max_keys_per_tenant_bucket: DEFAULT_MAX_KEYS_PER_TENANT_BUCKET,
             max_tenants_per_bucket: DEFAULT_MAX_TENANTS_PER_BUCKET,
+            max_rows_per_granularity: DEFAULT_MAX_ROWS_PER_GRANULARITY,
         }
     }
 }
@@ -138,6 +158,7 @@ mod tests {
         KeyCaps {
             max_keys_per_tenant_bucket: keys,
             max_tenants_per_bucket: tenants,
+            ..KeyCaps::UNLIMITED
         }
     }
 

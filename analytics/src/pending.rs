@@ -12,11 +12,10 @@
 //! (its backlog bound); the cap matters only for a cluster running without a record store,
 //! where nothing ever drains the queue.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Folds;
+use crate::chunked::ChunkedQueue;
 use crate::event::Event;
 
 /// Most events the queue holds; beyond this the oldest are dropped.
@@ -49,8 +48,9 @@ pub struct PendingStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PendingQueue {
     pub cursor: u64,
-    /// Ordered by `log_index` (entries are applied in order).
-    pub pending: VecDeque<PendingEvent>,
+    /// Ordered by `log_index` (entries are applied in order). Chunked behind `Arc`s so a
+    /// snapshot's copy of a million events is a thousand `Arc` bumps.
+    pub pending: ChunkedQueue<PendingEvent>,
     pub dropped: u64,
 }
 
@@ -67,7 +67,7 @@ impl PendingQueue {
             folds,
         });
         while self.pending.len() > PENDING_CAP {
-            self.pending.pop_front();
+            self.pending.drop_front();
             self.dropped = self.dropped.saturating_add(1);
         }
     }
@@ -78,7 +78,7 @@ impl PendingQueue {
         }
         self.cursor = cursor;
         while self.pending.front().is_some_and(|p| p.log_index <= cursor) {
-            self.pending.pop_front();
+            self.pending.drop_front();
         }
     }
 
@@ -92,7 +92,7 @@ impl PendingQueue {
     ) -> (Vec<PendingEvent>, u64) {
         let start = self.pending.partition_point(|p| p.log_index <= after);
         let mut out = Vec::new();
-        let mut iter = self.pending.range(start..).peekable();
+        let mut iter = self.pending.iter_from(start).peekable();
         while let Some(p) = iter.next() {
             out.push(p.clone());
             let entry_ends = iter.peek().is_none_or(|next| next.log_index != p.log_index);

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::aggregate::{Granularity, Series};
 use crate::error::AnalyticsError;
 use crate::pending::PendingQueue;
-use crate::state::{Analytic, State};
+use crate::state::{Analytic, FrozenAnalytic, FrozenState, State};
 
 /// First bytes of every analytics snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"TALLYANS";
@@ -39,10 +39,12 @@ const PREVIOUS_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 
+/// What a snapshot body is written from: the frozen copy's parts, in the order [`Body`]
+/// reads them.
 #[derive(Serialize)]
 struct BodyRef<'a> {
     applied_index: u64,
-    analytic: &'a Analytic,
+    analytic: &'a FrozenAnalytic,
     pending: &'a PendingQueue,
 }
 
@@ -132,12 +134,8 @@ mod v2 {
     }
 }
 
-fn corrupt(message: impl Into<String>) -> AnalyticsError {
-    AnalyticsError::SnapshotCorrupt(message.into())
-}
-
-impl State {
-    /// Serializes the whole state. Deterministic: equal states give equal bytes.
+impl FrozenState {
+    /// Serializes the state this copies (the bytes [`State::encode_snapshot`] gives).
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let body = BodyRef {
             applied_index: self.applied_index,
@@ -156,6 +154,18 @@ impl State {
         out.extend_from_slice(&body);
         out.extend_from_slice(&Sha256::digest(&body));
         out
+    }
+}
+
+fn corrupt(message: impl Into<String>) -> AnalyticsError {
+    AnalyticsError::SnapshotCorrupt(message.into())
+}
+
+impl State {
+    /// Serializes the whole state. Deterministic: equal states give equal bytes. Servers
+    /// encode a [`State::freeze`] copy instead, outside their lock; the bytes are the same.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        self.freeze().encode_snapshot()
     }
 
     /// Parses bytes written by [`State::encode_snapshot`]. Any damage is an error, never
@@ -218,7 +228,7 @@ fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize)
 /// The pending queue is ordered by log index and holds nothing the cursor already covers.
 fn check_pending(pending: &PendingQueue) -> Result<(), AnalyticsError> {
     let mut last = pending.cursor;
-    for p in &pending.pending {
+    for p in pending.pending.iter() {
         if p.log_index <= pending.cursor || p.log_index < last {
             return Err(corrupt(format!(
                 "pending queue out of order at log index {} (cursor {})",
@@ -233,7 +243,7 @@ fn check_pending(pending: &PendingQueue) -> Result<(), AnalyticsError> {
 /// Buckets must start on their granularity's boundary and hold at least one row, as
 /// `apply` guarantees.
 fn check_series(series: &Series, granularity: Granularity) -> Result<(), AnalyticsError> {
-    for (&bucket_ms, rows) in series.buckets() {
+    for (bucket_ms, rows) in series.iter() {
         if granularity.bucket_start(bucket_ms) != bucket_ms {
             return Err(corrupt(format!(
                 "{} bucket {bucket_ms} is not on a bucket boundary",
@@ -356,7 +366,7 @@ mod tests {
     #[test]
     fn rejects_well_checksummed_but_invalid_bodies() {
         let mut state = sample_state();
-        let mut misaligned = state.analytic.minute.buckets().clone();
+        let mut misaligned = state.analytic.minute.to_map();
         let (first, rows) = misaligned.pop_first().unwrap();
         misaligned.insert(first + 1, rows);
         state.analytic.minute = Series::from_buckets(misaligned);

@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dedup::DedupOrder;
+use crate::error::AnalyticsError;
+
 use crate::aggregate::{run_query, AggregateQuery, AggregateRow, Granularity, GroupKey, Series};
 use crate::aggregate::{Folds, OverflowCounts};
 use crate::dedup::DedupWindow;
@@ -16,8 +19,10 @@ use crate::pending::{PendingEvent, PendingQueue, PendingStatus};
 const DIGEST_DOMAIN: &[u8] = b"tally.analytics.digest.v2\0";
 
 /// Everything that determines future behaviour and query answers. This is exactly what
-/// the digest covers; snapshots carry it plus the applied index.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// the digest covers; snapshots carry it plus the applied index. It is read from a snapshot
+/// as it is; it is written (for snapshots and the digest) through [`FrozenAnalytic`], its
+/// cheap copy, which serializes to the same bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub(crate) struct Analytic {
     /// Largest `ingest_ms` applied so far (`None` before the first entry). Entries from a
     /// new leader may carry a slightly older clock; using the maximum keeps expiry and
@@ -48,6 +53,66 @@ impl Analytic {
             Granularity::Hour => &mut self.hour,
             Granularity::Day => &mut self.day,
         }
+    }
+
+    /// The cheap copy: `Arc` bumps per bucket and per chunk of ids, no row or id copied.
+    fn freeze(&self) -> FrozenAnalytic {
+        FrozenAnalytic {
+            high_water_ms: self.high_water_ms,
+            events_applied: self.events_applied,
+            dedup: self.dedup.order().clone(),
+            minute: self.minute.clone(),
+            hour: self.hour.clone(),
+            day: self.day.clone(),
+            overflow: self.overflow,
+        }
+    }
+}
+
+/// [`Analytic`] as of one moment, sharing its buckets and chunks with the live state (which
+/// copies a bucket or chunk before it writes to a shared one). Fields in the order, and of
+/// the shapes, that [`Analytic`] deserializes: this is the one way the state is written.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct FrozenAnalytic {
+    high_water_ms: Option<i64>,
+    events_applied: u64,
+    dedup: DedupOrder,
+    minute: Series,
+    hour: Series,
+    day: Series,
+    overflow: OverflowCounts,
+}
+
+/// A copy of a [`State`] taken in O(buckets + chunks) under the state lock, then encoded or
+/// digested outside it, on a blocking thread, while `apply` goes on.
+#[derive(Clone, Debug)]
+pub struct FrozenState {
+    pub(crate) analytic: FrozenAnalytic,
+    pub(crate) applied_index: u64,
+    pub(crate) pending: PendingQueue,
+}
+
+impl FrozenState {
+    /// Log index of the last entry applied to the state this copies.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The digest of the state this copies (see [`State::digest`]).
+    pub fn digest(&self) -> String {
+        let mut hasher = HashWriter(Sha256::new());
+        hasher.0.update(DIGEST_DOMAIN);
+        // Encoding into a hasher cannot fail: the writer never errors and every type
+        // here is serializable. Should it ever fail, the digest still differs from any
+        // real one because the error text is hashed in.
+        if let Err(err) = bincode::serde::encode_into_std_write(
+            &self.analytic,
+            &mut hasher,
+            bincode::config::standard(),
+        ) {
+            hasher.0.update(format!("encode error: {err}").as_bytes());
+        }
+        hex::encode(hasher.0.finalize())
     }
 }
 
@@ -205,27 +270,39 @@ impl State {
     }
 
     /// Answers an aggregate query. Rows are sorted by `(bucket_ms, group values)`.
+    /// Unbounded: servers use [`State::query_bounded`].
     pub fn query(&self, query: &AggregateQuery) -> Vec<AggregateRow> {
-        run_query(self.analytic.series(query.granularity), query)
+        self.query_bounded(query, usize::MAX).unwrap_or_default()
+    }
+
+    /// Answers an aggregate query with at most `max_rows` rows, or
+    /// [`AnalyticsError::TooManyRows`] as soon as it is clear the answer holds more (the
+    /// rows past the cap are never built).
+    pub fn query_bounded(
+        &self,
+        query: &AggregateQuery,
+        max_rows: usize,
+    ) -> Result<Vec<AggregateRow>, AnalyticsError> {
+        run_query(self.analytic.series(query.granularity), query, max_rows)
     }
 
     /// Hex SHA-256 over the canonical encoding of the analytic state: high-water ingest
     /// time, counters, the dedup window in order, and every bucket of every granularity
     /// in key order. Equal states give equal digests; it excludes the applied index.
+    /// Costs a walk of the whole state: servers take [`State::freeze`] under their lock and
+    /// digest the copy outside it.
     pub fn digest(&self) -> String {
-        let mut hasher = HashWriter(Sha256::new());
-        hasher.0.update(DIGEST_DOMAIN);
-        // Encoding into a hasher cannot fail: the writer never errors and every type
-        // here is serializable. Should it ever fail, the digest still differs from any
-        // real one because the error text is hashed in.
-        if let Err(err) = bincode::serde::encode_into_std_write(
-            &self.analytic,
-            &mut hasher,
-            bincode::config::standard(),
-        ) {
-            hasher.0.update(format!("encode error: {err}").as_bytes());
+        self.freeze().digest()
+    }
+
+    /// A copy of the state for a snapshot or a digest, cheap enough to take under a lock:
+    /// one `Arc` bump per bucket and per chunk of the dedup window and pending queue.
+    pub fn freeze(&self) -> FrozenState {
+        FrozenState {
+            analytic: self.analytic.freeze(),
+            applied_index: self.applied_index,
+            pending: self.pending.clone(),
         }
-        hex::encode(hasher.0.finalize())
     }
 
     pub fn stats(&self) -> StateStats {

@@ -127,11 +127,15 @@ fn apply_all_capped(state: &mut State, entries: &[IngestBatch], caps: &KeyCaps) 
     }
 }
 
-/// Small caps, so that generated streams hit them often.
+/// Small caps, so that generated streams hit them often; the row budget is sometimes
+/// absent, sometimes tight enough that most new keys go over it.
 fn caps_strategy() -> impl Strategy<Value = KeyCaps> {
-    (1u32..5, 1u32..3).prop_map(|(keys, tenants)| KeyCaps {
-        max_keys_per_tenant_bucket: keys,
-        max_tenants_per_bucket: tenants,
+    (1u32..5, 1u32..3, prop_oneof![Just(u32::MAX), 1u32..40]).prop_map(|(keys, tenants, rows)| {
+        KeyCaps {
+            max_keys_per_tenant_bucket: keys,
+            max_tenants_per_bucket: tenants,
+            max_rows_per_granularity: rows,
+        }
     })
 }
 
@@ -245,9 +249,10 @@ proptest! {
         prop_assert_eq!(answers(&state), answers(&reference(&plan, T)));
     }
 
-    /// With key caps, any split and re-sending still gives the state of one entry; every
-    /// bucket's totals are those of the uncapped state; no bucket holds more rows than the
-    /// caps allow; and a snapshot restores the capped state exactly.
+    /// With key caps and a row budget, any split and re-sending still gives the state of
+    /// one entry; every bucket's totals are those of the uncapped state; no bucket holds
+    /// more rows than the caps allow, no granularity more than the budget plus one row per
+    /// bucket; and a snapshot restores the capped state exactly.
     #[test]
     fn capped_state_is_split_invariant_and_keeps_totals(
         plan in plan_strategy(T - 4 * 24 * HOUR..T + HOUR),
@@ -272,7 +277,10 @@ proptest! {
                 *per_bucket.entry(row.bucket_ms).or_insert(0usize) += 1;
             }
             prop_assert!(per_bucket.values().all(|&n| n <= bound));
+            let budget = caps.max_rows_per_granularity as usize;
+            prop_assert!(rows.len() <= budget.saturating_add(per_bucket.len()));
         }
+        prop_assert_eq!(split.stats().buckets_minute, split.query(&AggregateQuery::new(Granularity::Minute)).len());
         let restored = State::decode_snapshot(&split.encode_snapshot()).unwrap();
         prop_assert_eq!(&restored, &split);
         prop_assert_eq!(restored.digest(), split.digest());

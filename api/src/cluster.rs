@@ -326,6 +326,11 @@ fn render_overflow(out: &mut String, o: &OverflowStatus) {
             "Distinct tenants per bucket this node stamps into entries it proposes.",
             o.max_tenants_per_bucket,
         ),
+        (
+            "tally_row_budget_max_rows_per_granularity",
+            "Aggregate rows per granularity this node stamps into entries it proposes.",
+            o.max_rows_per_granularity,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -352,6 +357,7 @@ mod tests {
                 keys_day: 3,
                 max_keys_per_tenant_bucket: 200,
                 max_tenants_per_bucket: 10,
+                max_rows_per_granularity: 250_000,
             },
         );
         for line in [
@@ -361,6 +367,7 @@ mod tests {
             "tally_aggregate_overflow_keys{granularity=\"hour\"} 2",
             "tally_key_cap_max_keys_per_tenant_bucket 200",
             "tally_key_cap_max_tenants_per_bucket 10",
+            "tally_row_budget_max_rows_per_granularity 250000",
         ] {
             assert!(
                 out.lines().any(|l| l == line),

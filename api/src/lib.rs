@@ -50,17 +50,24 @@ pub struct Limits {
     /// Largest `POST /v1/events` body; larger ones get 413.
     pub max_body_bytes: usize,
     pub sql: SqlLimits,
+    /// Most rows a `GET /v1/aggregates` answer holds; a query that would give more is a
+    /// 400 `too_many_rows`.
+    pub max_aggregate_rows: usize,
     /// Requests served at once (Raft RPC and health probes not counted); more get 503.
     pub max_requests_in_flight: usize,
     /// Bytes of ingest bodies read and not yet answered; beyond them, 503.
     pub max_ingest_bytes_in_flight: usize,
 }
 
+/// Default of [`Limits::max_aggregate_rows`].
+pub const DEFAULT_MAX_AGGREGATE_ROWS: usize = 10_000;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 8 << 20,
             sql: SqlLimits::default(),
+            max_aggregate_rows: DEFAULT_MAX_AGGREGATE_ROWS,
             max_requests_in_flight: in_flight::DEFAULT_MAX_REQUESTS,
             max_ingest_bytes_in_flight: in_flight::DEFAULT_MAX_INGEST_BYTES,
         }

@@ -1,15 +1,22 @@
 //! Analytic reads served from a data node's in-memory state: `/v1/aggregates` and
 //! `/v1/state/digest`. A witness holds no analytic state and forwards these to a data node.
+//!
+//! Neither runs on an async worker or walks the state under its lock: an aggregate query
+//! runs on a blocking thread, holds the read lock only while it collects its rows (at most
+//! `read.max_aggregate_rows`, or it stops and answers 400) and encodes them after; a digest
+//! hashes a frozen copy on a blocking thread, once per applied index.
 
 use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Query, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::json;
 
-use tally_analytics::AggregateQuery;
+use tally_analytics::{AggregateQuery, AggregateRow, KeyColumn, Measures};
+use tally_raft::state_machine::SharedState;
 use tally_raft::Role;
 
 use crate::auth::Caller;
@@ -31,34 +38,99 @@ pub async fn get_aggregates(
         if let Some(resp) = route_read(&app, &headers, &uri, consistency).await? {
             return Ok(resp);
         }
-        let applied = app.node.state.read();
-        let rows: Vec<Value> = applied
-            .state
-            .query(&query)
-            .into_iter()
-            .map(|row| {
-                let mut obj = Map::new();
-                obj.insert("bucket_ms".into(), json!(row.bucket_ms));
-                for (col, value) in row.group {
-                    obj.insert(col.as_str().into(), json!(value));
-                }
-                if let Value::Object(m) = json!(row.measures) {
-                    obj.extend(m);
-                }
-                Value::Object(obj)
-            })
-            .collect();
-        Ok::<_, ApiError>(
-            axum::Json(json!({
-                "granularity": query.granularity.as_str(),
-                "applied_index": applied.applied_index(),
-                "node_id": app.node.id,
-                "rows": rows,
-            }))
-            .into_response(),
-        )
+        let state = app.node.state.clone();
+        let (node_id, max_rows) = (app.node.id, app.limits.max_aggregate_rows);
+        let body = tokio::task::spawn_blocking(move || {
+            aggregates_answer(&state, &query, max_rows, node_id)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("aggregate query failed: {e}")))??;
+        Ok::<_, ApiError>(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Runs an aggregate query and encodes its answer; blocking work, run off the async
+/// workers. The read lock is held only while the (bounded) rows are collected; the JSON is
+/// built after it is released.
+fn aggregates_answer(
+    state: &SharedState,
+    query: &AggregateQuery,
+    max_rows: usize,
+    node_id: u64,
+) -> ApiResult<Vec<u8>> {
+    let (applied_index, rows) = {
+        let applied = state.read();
+        (
+            applied.applied_index(),
+            applied.state.query_bounded(query, max_rows),
+        )
+    };
+    let rows = rows.map_err(|_| too_many_rows(max_rows))?;
+    let answer = AggregatesAnswer {
+        granularity: query.granularity.as_str(),
+        applied_index,
+        node_id,
+        rows: rows.iter().map(FlatRow::of).collect(),
+    };
+    serde_json::to_vec(&answer)
+        .map_err(|e| ApiError::internal(format!("encoding the aggregates answer: {e}")))
+}
+
+/// The 400 of a query whose answer would pass `read.max_aggregate_rows`. Refused rather
+/// than cut: rows come in bucket order, so a cut answer would silently lose the end of the
+/// range, and sums over it would look right and be wrong.
+fn too_many_rows(max_rows: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "too_many_rows",
+        format!(
+            "this query gives more than {max_rows} rows (read.max_aggregate_rows); narrow \
+             from/to, filter by tenant, api or version, group_by fewer columns, or ask a \
+             coarser granularity"
+        ),
+    )
+}
+
+/// `{"granularity", "applied_index", "node_id", "rows"}`.
+#[derive(Serialize)]
+struct AggregatesAnswer<'a> {
+    granularity: &'static str,
+    applied_index: u64,
+    node_id: u64,
+    rows: Vec<FlatRow<'a>>,
+}
+
+/// One row as docs/api.md shows it: `bucket_ms`, the `group_by` columns, the measures.
+#[derive(Serialize)]
+struct FlatRow<'a> {
+    bucket_ms: i64,
+    #[serde(flatten)]
+    group: GroupColumns<'a>,
+    #[serde(flatten)]
+    measures: &'a Measures,
+}
+
+impl<'a> FlatRow<'a> {
+    fn of(row: &'a AggregateRow) -> Self {
+        FlatRow {
+            bucket_ms: row.bucket_ms,
+            group: GroupColumns(&row.group),
+            measures: &row.measures,
+        }
+    }
+}
+
+struct GroupColumns<'a>(&'a [(KeyColumn, String)]);
+
+impl Serialize for GroupColumns<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.0
+                .iter()
+                .map(|(column, value)| (column.as_str(), value)),
+        )
+    }
 }
 
 pub async fn get_digest(
@@ -72,11 +144,16 @@ pub async fn get_digest(
         if let Some(resp) = route_read(&app, &headers, &uri, consistency).await? {
             return Ok(resp);
         }
-        let applied = app.node.state.read();
+        let digest = app
+            .node
+            .state
+            .digest()
+            .await
+            .map_err(|e| ApiError::internal(format!("computing the state digest: {e}")))?;
         Ok::<_, ApiError>(
             axum::Json(json!({
-                "applied_index": applied.applied_index(),
-                "digest": applied.state.digest(),
+                "applied_index": digest.applied_index,
+                "digest": digest.digest,
                 "node_id": app.node.id,
             }))
             .into_response(),
@@ -171,7 +248,91 @@ fn leader_addr(app: &AppState) -> ApiResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_analytics::Granularity;
+    use tally_analytics::{Event, Granularity, IngestBatch};
+    use tally_raft::state_machine::Applied;
+
+    /// 2024-05-01T12:00:00Z.
+    const T: i64 = 1_714_564_800_000;
+
+    /// 30 minute rows: 10 minutes × 3 apis.
+    fn shared_state() -> SharedState {
+        let mut state = tally_analytics::State::new();
+        let events = (0..30)
+            .map(|i| Event {
+                event_id: format!("e{i}"),
+                ts_ms: T + (i / 3) * 60_000,
+                api_name: format!("api{}", i % 3),
+                api_version: "v1".into(),
+                response_code: Some(200),
+                response_time_ms: Some(7),
+                ..Event::default()
+            })
+            .collect();
+        state.apply(
+            4,
+            &IngestBatch {
+                ingest_ms: T + 3_600_000,
+                requests: vec![events],
+            },
+        );
+        SharedState::new(Applied {
+            state,
+            ..Applied::default()
+        })
+    }
+
+    #[test]
+    fn an_aggregates_answer_is_flat_json_up_to_the_row_cap() {
+        let state = shared_state();
+        let query = AggregateQuery {
+            group_by: vec![KeyColumn::ApiName],
+            ..AggregateQuery::new(Granularity::Minute)
+        };
+        let body = aggregates_answer(&state, &query, 30, 7).unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["granularity"], "minute");
+        assert_eq!(answer["node_id"], 7);
+        assert_eq!(
+            answer["applied_index"], 0,
+            "no log entry applied in this test"
+        );
+        let rows = answer["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 30);
+        assert_eq!(
+            rows[0],
+            json!({"bucket_ms": T, "api_name": "api0", "requests": 1, "errors_4xx": 0,
+                "errors_5xx": 0, "faults": 0, "throttled": 0, "latency_count": 1,
+                "latency_sum_ms": 7, "latency_min_ms": 7, "latency_max_ms": 7,
+                "bytes_sum": 0})
+        );
+        // The same rows as the state's own query, in its order.
+        let expected: Vec<serde_json::Value> = state
+            .read()
+            .state
+            .query(&query)
+            .iter()
+            .map(AggregateRow::to_json)
+            .collect();
+        assert_eq!(rows, &expected);
+    }
+
+    #[test]
+    fn an_aggregates_answer_over_the_cap_is_a_400_that_says_how_to_narrow_it() {
+        let state = shared_state();
+        let query = AggregateQuery::new(Granularity::Minute);
+        let err = aggregates_answer(&state, &query, 29, 1).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.code, "too_many_rows");
+        for hint in ["29", "read.max_aggregate_rows", "from/to", "group_by"] {
+            assert!(err.message.contains(hint), "{hint}: {}", err.message);
+        }
+        // Per bucket instead of per key: 10 rows, which fit.
+        let coarser = AggregateQuery {
+            group_by: vec![],
+            ..query
+        };
+        assert!(aggregates_answer(&state, &coarser, 29, 1).is_ok());
+    }
 
     #[test]
     fn a_scoped_caller_reads_only_its_tenant() {

@@ -217,6 +217,10 @@ pub struct OverflowStatus {
     /// apply with the caps they carry, whoever proposed them).
     pub max_keys_per_tenant_bucket: u64,
     pub max_tenants_per_bucket: u64,
+    /// The row budget per granularity this node stamps (0 in a node of the version before
+    /// the budget).
+    #[serde(default)]
+    pub max_rows_per_granularity: u64,
 }
 
 /// Ingest proposed by this node while it led.
@@ -495,6 +499,7 @@ mod tests {
                 keys_day: 3,
                 max_keys_per_tenant_bucket: 200,
                 max_tenants_per_bucket: 10,
+                max_rows_per_granularity: 250_000,
             },
         };
         status.ingest = IngestStatus {
@@ -542,7 +547,8 @@ mod tests {
                 "dedup_ids": 4, "events_applied": 5,
                 "overflow": {"events_minute": 6, "events_hour": 7, "events_day": 8,
                     "keys_minute": 1, "keys_hour": 2, "keys_day": 3,
-                    "max_keys_per_tenant_bucket": 200, "max_tenants_per_bucket": 10}},
+                    "max_keys_per_tenant_bucket": 200, "max_tenants_per_bucket": 10,
+                    "max_rows_per_granularity": 250_000}},
             "ingest": {"requests": 1, "events": 2, "entries": 3, "rejected_overload": 4},
             "sink": {"enabled": true, "replicated_cursor": 4, "pending_events": 5,
                 "oldest_pending_index": 6, "dropped_events": 7, "active": true,
@@ -577,6 +583,14 @@ mod tests {
         let back: NodeStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back.state.overflow, OverflowStatus::default());
         assert_eq!(back.state.events_applied, 5);
+        // A node of the version before the row budget reports the caps without it.
+        let mut json = serde_json::to_value(sample(SinkStatus::default())).unwrap();
+        json["state"]["overflow"] = serde_json::json!({"events_minute": 1, "events_hour": 1,
+            "events_day": 1, "keys_minute": 1, "keys_hour": 1, "keys_day": 1,
+            "max_keys_per_tenant_bucket": 200, "max_tenants_per_bucket": 10});
+        let back: NodeStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.state.overflow.max_rows_per_granularity, 0);
+        assert_eq!(back.state.overflow.max_tenants_per_bucket, 10);
     }
 
     #[test]

@@ -279,7 +279,7 @@ async fn commit(raft: Raft, jobs: Vec<Job>, caps: KeyCaps, timeout: Duration, in
     // The ingest time (`run`, from `crate::clock`) and the key caps are stamped by the
     // proposer, so that every replica applies the same bytes: apply itself never reads a
     // clock or its own config.
-    let entry = Request::IngestCapped {
+    let entry = Request::IngestBudgeted {
         caps,
         batch: IngestBatch {
             ingest_ms,

@@ -57,7 +57,7 @@ pub use node::{Node, NodeError, NodeOptions, RaftTiming};
 pub use peer_http::{PeerHttp, PeerTls};
 pub use sink::{SinkConfig, SinkReport};
 pub use state_machine::Raft;
-pub use types::{NodeId, Request, Response, Role, TallyNode, TypeConfig};
+pub use types::{KeyCapsV1, NodeId, Request, Response, Role, TallyNode, TypeConfig};
 
 /// The wall clock in epoch milliseconds, as the proposer stamps entries and the API checks
 /// event times. Never called inside `apply`.

@@ -13,6 +13,7 @@
 //! a data node's counts.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
@@ -45,20 +46,82 @@ impl Applied {
 }
 
 /// Read access to the applied state, shared with the HTTP layer.
+///
+/// `apply` takes the write lock for each entry, so nothing heavy may run under the read
+/// lock: readers take what they need (a bounded query's rows, or a [`FrozenState`] copy,
+/// which costs an `Arc` bump per bucket) and do the rest after releasing it, on a blocking
+/// thread.
 #[derive(Clone, Debug, Default)]
-pub struct SharedState(Arc<RwLock<Applied>>);
+pub struct SharedState {
+    applied: Arc<RwLock<Applied>>,
+    /// The digest last computed and the applied index it is for. The mutex also makes
+    /// digests one at a time: a second request for the same index waits and reuses it.
+    digest: Arc<tokio::sync::Mutex<Option<StateDigest>>>,
+    /// Digests computed (not served from the cache) since start.
+    digests_computed: Arc<AtomicU64>,
+}
+
+/// The analytic state's digest at one applied index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDigest {
+    pub applied_index: u64,
+    pub digest: String,
+}
 
 impl SharedState {
+    /// A shared state holding `applied` (tests and tools; a node opens its own through
+    /// [`StateMachine::open`]).
+    pub fn new(applied: Applied) -> Self {
+        SharedState {
+            applied: Arc::new(RwLock::new(applied)),
+            ..SharedState::default()
+        }
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         // A poisoned lock means an apply panicked mid-way; the state is then unknown and
         // serving it would be wrong, but crashing a reader helps nobody either: readers
         // see the state as the panicking writer left it, and the node's Raft core has
         // already stopped (openraft turns the panic into a fatal error).
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+        self.applied.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.applied.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The digest of the applied state and the index it describes. Computed at most once
+    /// per applied index (later calls at the same index reuse it), from a frozen copy
+    /// hashed on a blocking thread: the lock is held only to take the copy. The blocking
+    /// task owns the cache's mutex until it is done, so however many requests come (or
+    /// give up and go), at most one digest is computed at a time.
+    pub async fn digest(&self) -> io::Result<StateDigest> {
+        let mut cached = self.digest.clone().lock_owned().await;
+        let (applied_index, frozen) = {
+            let applied = self.read();
+            let index = applied.applied_index();
+            if let Some(hit) = cached.as_ref().filter(|c| c.applied_index == index) {
+                return Ok(hit.clone());
+            }
+            (index, applied.state.freeze())
+        };
+        let computed = self.digests_computed.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = StateDigest {
+                applied_index,
+                digest: frozen.digest(),
+            };
+            computed.fetch_add(1, Ordering::Relaxed);
+            *cached = Some(answer.clone());
+            answer
+        })
+        .await
+        .map_err(io::Error::other)
+    }
+
+    /// Digests computed since start (those served from the cache not counted).
+    pub fn digests_computed(&self) -> u64 {
+        self.digests_computed.load(Ordering::Relaxed)
     }
 }
 
@@ -153,23 +216,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, data) = {
+        // Under the lock: only the position and a frozen copy of the state (an `Arc` bump
+        // per bucket and per chunk), so apply waits microseconds, not for the encoding.
+        let (meta, content) = {
             let applied = self.shared.read();
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
-            let data = match self.role {
-                Role::Data => applied.state.encode_snapshot(),
-                Role::Witness => witness_payload(applied.snapshot_floor),
+            let content = match self.role {
+                Role::Data => Content::Analytic(Box::new(applied.state.freeze())),
+                Role::Witness => Content::Position(witness_payload(applied.snapshot_floor)),
             };
-            (meta, data)
+            (meta, content)
         };
         let meta_bytes = rpc::encode(&meta).map_err(io::Error::other)?;
         let order = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
         let id = snapshot_id(self.role, &meta);
         let files = self.snapshots.clone();
+        // Encoding and writing run on a blocking thread, while apply goes on.
         let (saved, data) = tokio::task::spawn_blocking(move || {
+            let data = match content {
+                Content::Analytic(frozen) => frozen.encode_snapshot(),
+                Content::Position(payload) => payload,
+            };
             let saved = files.save(order, &id, &meta_bytes, &data);
             (saved, data)
         })
@@ -182,6 +252,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: data,
         })
     }
+}
+
+/// What a snapshot holds, before it is encoded.
+enum Content {
+    Analytic(Box<tally_analytics::FrozenState>),
+    Position(Vec<u8>),
 }
 
 /// `term-node-index`, prefixed `w-` for a witness's position-only snapshot.
@@ -218,7 +294,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &entry.payload {
                     EntryPayload::Blank => Response::default(),
                     EntryPayload::Normal(
-                        request @ (Request::Ingest(_) | Request::IngestCapped { .. }),
+                        request @ (Request::Ingest(_)
+                        | Request::IngestCapped { .. }
+                        | Request::IngestBudgeted { .. }),
                     ) => match (self.role, request.ingest()) {
                         // The caps come from the entry, never from this node's config.
                         (Role::Data, Some((batch, caps))) => Response {
@@ -263,18 +341,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let state = match self.role {
-            Role::Data => Some(
-                tally_analytics::State::decode_snapshot(&snapshot)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
-            ),
+        let (state, stored_data) = match self.role {
+            // Decoding a large state takes a while: on a blocking thread.
+            Role::Data => {
+                let (decoded, snapshot) = tokio::task::spawn_blocking(move || {
+                    (tally_analytics::State::decode_snapshot(&snapshot), snapshot)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                let state = decoded
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                (Some(state), snapshot)
+            }
             // The witness keeps only the position (so it can restart consistently with a
             // log purged behind it) and drops the analytic bytes.
-            Role::Witness => None,
-        };
-        let stored_data = match state {
-            Some(_) => snapshot,
-            None => witness_payload(self.shared.read().snapshot_floor),
+            Role::Witness => (None, witness_payload(self.shared.read().snapshot_floor)),
         };
         // Durable first: openraft purges the log behind an installed snapshot.
         let meta_bytes = rpc::encode(meta).map_err(io::Error::other)?;
@@ -286,10 +367,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(io::Error::other)?
             .map_err(io::Error::other)?;
 
-        let mut applied = self.shared.write();
-        applied.last_applied = meta.last_log_id;
-        applied.membership = meta.last_membership.clone();
-        applied.state = state.unwrap_or_default();
+        let replaced = {
+            let mut applied = self.shared.write();
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            std::mem::replace(&mut applied.state, state.unwrap_or_default())
+        };
+        // Freeing a large state takes a while: not under the lock, not on this worker.
+        tokio::task::spawn_blocking(move || drop(replaced));
         tracing::info!(
             index = order,
             role = self.role.as_str(),
@@ -454,6 +539,80 @@ mod tests {
         let reopened = open(Role::Witness, dir.path());
         assert_eq!(reopened.shared().read().applied_index(), 3);
         assert_eq!(reopened.shared().read().snapshot_floor, 1);
+    }
+
+    #[tokio::test]
+    async fn digests_are_computed_once_per_applied_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Data, dir.path());
+        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"])]).await;
+        let shared = sm.shared();
+        let expected = shared.read().state.digest();
+        // Two at once at a new index: one computes, the other waits and reuses it.
+        let (first, second) = tokio::join!(shared.digest(), shared.digest());
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(first, second);
+        assert_eq!(first.applied_index, 1);
+        assert_eq!(first.digest, expected);
+        assert_eq!(shared.digests_computed(), 1);
+        for _ in 0..3 {
+            assert_eq!(shared.digest().await.unwrap(), first);
+        }
+        assert_eq!(
+            shared.digests_computed(),
+            1,
+            "same index: served from the cache"
+        );
+
+        apply_all(&mut sm, vec![ingest_entry(2, &["c"])]).await;
+        let moved = shared.digest().await.unwrap();
+        assert_eq!(moved.applied_index, 2);
+        assert_ne!(moved.digest, first.digest);
+        assert_eq!(moved.digest, shared.read().state.digest());
+        assert_eq!(shared.digests_computed(), 2);
+    }
+
+    /// A request that gives up while its digest is computed neither stops the computation
+    /// nor lets the next request start a second one: the next waits and reuses it.
+    #[tokio::test]
+    async fn an_abandoned_digest_request_still_fills_the_cache() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Data, dir.path());
+        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"])]).await;
+        let shared = sm.shared();
+        // Polled once (it takes the mutex and starts hashing), then dropped.
+        let abandoned = Box::pin(shared.digest()).now_or_never();
+        let answer = shared.digest().await.unwrap();
+        assert_eq!(answer.digest, shared.read().state.digest());
+        if let Some(first) = abandoned {
+            assert_eq!(first.unwrap(), answer);
+        }
+        assert_eq!(shared.digests_computed(), 1);
+    }
+
+    /// The snapshot is encoded from a copy taken under the lock: entries applied while it
+    /// is written do not leak into it, and its bytes are those of the state at its index.
+    #[tokio::test]
+    async fn a_snapshot_holds_the_state_at_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(Role::Data, dir.path());
+        apply_all(&mut sm, vec![ingest_entry(1, &["a", "b"])]).await;
+        let shared = sm.shared();
+        let at_one = shared.read().state.encode_snapshot();
+        let mut builder = sm.get_snapshot_builder().await;
+        let building = tokio::spawn(async move { builder.build_snapshot().await });
+        apply_all(&mut sm, vec![ingest_entry(2, &["c"])]).await;
+        let snap = building.await.unwrap().unwrap();
+        let index = snap.meta.last_log_id.map(|l| l.index);
+        let state = tally_analytics::State::decode_snapshot(&snap.snapshot).unwrap();
+        // Whichever side of entry 2 the copy was taken on, it is that index's state.
+        match index {
+            Some(1) => assert_eq!(snap.snapshot, at_one),
+            Some(2) => assert_eq!(state.digest(), shared.read().state.digest()),
+            other => panic!("snapshot at {other:?}"),
+        }
+        assert_eq!(state.applied_index(), index.unwrap());
     }
 
     #[tokio::test]

@@ -158,6 +158,7 @@ impl Node {
                     keys_day: stats.overflow_keys_day as u64,
                     max_keys_per_tenant_bucket: caps.max_keys_per_tenant_bucket.into(),
                     max_tenants_per_bucket: caps.max_tenants_per_bucket.into(),
+                    max_rows_per_granularity: caps.max_rows_per_granularity.into(),
                 },
             },
             ingest: IngestStatus {

@@ -65,11 +65,37 @@ pub enum Request {
     /// may purge its log up to here (published by the leader).
     SnapshotFloor(u64),
     /// Client requests group-committed into one entry, stamped by the proposer with its
-    /// ingest time and the key caps every replica applies it with.
+    /// ingest time and the two per-bucket key caps, as written before the row budget
+    /// existed: applied with those caps and no budget, exactly as then. No longer proposed.
     IngestCapped {
+        caps: KeyCapsV1,
+        batch: tally_analytics::IngestBatch,
+    },
+    /// Client requests group-committed into one entry, stamped by the proposer with its
+    /// ingest time and the key caps and row budget every replica applies it with.
+    IngestBudgeted {
         caps: tally_analytics::KeyCaps,
         batch: tally_analytics::IngestBatch,
     },
+}
+
+/// The caps an [`Request::IngestCapped`] entry carries: the two per-bucket key caps, the
+/// shape they were first written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCapsV1 {
+    pub max_keys_per_tenant_bucket: u32,
+    pub max_tenants_per_bucket: u32,
+}
+
+impl KeyCapsV1 {
+    /// What such an entry applies with: its caps, and no row budget (it had none).
+    pub fn caps(self) -> tally_analytics::KeyCaps {
+        tally_analytics::KeyCaps {
+            max_keys_per_tenant_bucket: self.max_keys_per_tenant_bucket,
+            max_tenants_per_bucket: self.max_tenants_per_bucket,
+            ..tally_analytics::KeyCaps::UNLIMITED
+        }
+    }
 }
 
 impl Request {
@@ -77,7 +103,8 @@ impl Request {
     pub fn ingest(&self) -> Option<(&tally_analytics::IngestBatch, tally_analytics::KeyCaps)> {
         match self {
             Request::Ingest(batch) => Some((batch, tally_analytics::KeyCaps::UNLIMITED)),
-            Request::IngestCapped { caps, batch } => Some((batch, *caps)),
+            Request::IngestCapped { caps, batch } => Some((batch, caps.caps())),
+            Request::IngestBudgeted { caps, batch } => Some((batch, *caps)),
             Request::SinkCursor(_) | Request::SnapshotFloor(_) => None,
         }
     }
@@ -86,7 +113,9 @@ impl Request {
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Request::Ingest(b) | Request::IngestCapped { batch: b, .. } => write!(
+            Request::Ingest(b)
+            | Request::IngestCapped { batch: b, .. }
+            | Request::IngestBudgeted { batch: b, .. } => write!(
                 f,
                 "ingest(requests={}, events={})",
                 b.requests.len(),

@@ -2,9 +2,11 @@
 //! values (and a spread of tenants) and memory stays bounded, the data nodes agree, every
 //! request is still counted, and the record store's usage tables hold the same capped view.
 //!
-//! The first test runs with small caps (so the record store's check stays quick) and checks
-//! everything; the second runs with the default caps and reports the data nodes' peak
-//! memory (VmHWM).
+//! The first test runs with small caps and a small row budget (so the record store's check
+//! stays quick, and the budget bites at minute granularity) and checks everything,
+//! including that an aggregates answer over `read.max_aggregate_rows` is refused with the
+//! documented 400 and fits once narrowed; the second runs with the default caps and reports
+//! the data nodes' peak memory (VmHWM).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -119,11 +121,59 @@ fn vm_hwm(pid: u32) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Every row of one granularity from node `id`, and whether asking for all of them at once
+/// was refused: over `read.max_aggregate_rows` that is the documented 400 `too_many_rows`,
+/// and this asks again bucket by bucket (`from`/`to`), as the message says to.
+async fn rows_within_the_cap(cluster: &Cluster, id: u64, granularity: &str) -> (bool, Vec<Value>) {
+    let whole = cluster
+        .get(id, &format!("/v1/aggregates?granularity={granularity}"))
+        .await
+        .expect("aggregates");
+    if whole.status == 200 {
+        return (false, whole.body["rows"].as_array().expect("rows").clone());
+    }
+    assert_eq!(whole.status, 400, "{granularity}: {:?}", whole.body);
+    assert_eq!(
+        whole.body["error"]["code"], "too_many_rows",
+        "{:?}",
+        whole.body
+    );
+    let message = whole.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("from/to") && message.contains("group_by"),
+        "{message}"
+    );
+    // One row per bucket fits, and gives the buckets to ask for one at a time.
+    let (_, buckets) = cluster
+        .aggregate_rows(id, &format!("granularity={granularity}&group_by="))
+        .await;
+    let width = match granularity {
+        "minute" => MINUTE_MS,
+        "hour" => HOUR_MS,
+        _ => 24 * HOUR_MS,
+    };
+    let mut rows = Vec::new();
+    for bucket in &buckets {
+        let from = bucket["bucket_ms"].as_i64().expect("bucket_ms");
+        let query = format!("granularity={granularity}&from={from}&to={}", from + width);
+        let (_, part) = cluster.aggregate_rows(id, &query).await;
+        rows.extend(part);
+    }
+    (true, rows)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_keys_fold_into_other_and_every_view_agrees() {
     let _turn = TURN.lock().await;
     let keys_cap = 50u64;
     let tenants_cap = 3u64;
+    // The four minute buckets would hold 410 rows (51 + 154 + 51 + 154: the other tenants
+    // post only in odd minutes): the budget stops the minute series at 300 (plus at most
+    // one all-`__other__` row per bucket). The one hour and one day bucket (154 rows) stay
+    // under it.
+    let row_budget = 300u64;
+    // Under the minute series' rows, over any one bucket's.
+    let max_aggregate_rows = 200u64;
     let store_dir = tempfile::Builder::new()
         .prefix("tally-keys-")
         .tempdir()
@@ -133,6 +183,8 @@ async fn distinct_keys_fold_into_other_and_every_view_agrees() {
         record_store: Some(format!("sqlite://{}", path.display())),
         max_keys_per_tenant_bucket: Some(keys_cap),
         max_tenants_per_bucket: Some(tenants_cap),
+        max_rows_per_granularity: Some(row_budget),
+        max_aggregate_rows: Some(max_aggregate_rows),
         ..ClusterOpts::default()
     };
     let (cluster, leader) = Cluster::start_formed(opts).await;
@@ -155,9 +207,10 @@ async fn distinct_keys_fold_into_other_and_every_view_agrees() {
     assert_eq!(
         (
             overflow.max_keys_per_tenant_bucket,
-            overflow.max_tenants_per_bucket
+            overflow.max_tenants_per_bucket,
+            overflow.max_rows_per_granularity
         ),
-        (keys_cap, tenants_cap)
+        (keys_cap, tenants_cap, row_budget)
     );
     eprintln!("[test] overflow: {overflow:?}");
 
@@ -166,10 +219,18 @@ async fn distinct_keys_fold_into_other_and_every_view_agrees() {
     let bound = ((tenants_cap + 1) * (keys_cap + 1)) as usize;
     let mut memory = BTreeMap::new();
     for granularity in ["minute", "hour", "day"] {
-        let query = format!("granularity={granularity}");
-        let (_, rows) = cluster.aggregate_rows(DATA_NODES[0], &query).await;
-        let (_, other) = cluster.aggregate_rows(DATA_NODES[1], &query).await;
+        let (refused, rows) = rows_within_the_cap(&cluster, DATA_NODES[0], granularity).await;
+        let (_, other) = rows_within_the_cap(&cluster, DATA_NODES[1], granularity).await;
         assert_eq!(rows, other, "{granularity}: data nodes answer alike");
+        // The minute series holds more rows than one answer may carry; the single hour
+        // and day bucket fewer.
+        assert_eq!(
+            refused,
+            rows.len() > max_aggregate_rows as usize,
+            "{granularity}: {} rows",
+            rows.len()
+        );
+        assert_eq!(refused, granularity == "minute", "{granularity}");
         let total: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
         assert_eq!(total, EVENTS, "{granularity}: requests over all keys");
         let folded: Vec<&Value> = rows.iter().filter(|r| r["resource"] == OTHER).collect();
@@ -194,6 +255,18 @@ async fn distinct_keys_fold_into_other_and_every_view_agrees() {
             per_bucket.values().all(|&n| n <= bound),
             "{granularity}: rows per bucket {per_bucket:?} over {bound}"
         );
+        // The row budget: reached at minute granularity, passed only by one overflow row
+        // per bucket.
+        let budget = row_budget as usize;
+        assert!(
+            rows.len() <= budget + per_bucket.len(),
+            "{granularity}: {} rows over a budget of {budget} in {} buckets",
+            rows.len(),
+            per_bucket.len()
+        );
+        if granularity == "minute" {
+            assert!(rows.len() >= budget, "minute: {} rows", rows.len());
+        }
         memory.insert(granularity, rows_to_map(&rows, &KEY_COLUMNS));
     }
 
@@ -213,6 +286,8 @@ async fn distinct_keys_fold_into_other_and_every_view_agrees() {
             "tally_aggregate_overflow_keys{{granularity=\"hour\"}} {}",
             overflow.keys_hour
         );
+        assert!(text.lines().any(|l| l == line), "node {id}: no {line:?}");
+        let line = format!("tally_row_budget_max_rows_per_granularity {row_budget}");
         assert!(text.lines().any(|l| l == line), "node {id}: no {line:?}");
     }
 
@@ -285,10 +360,15 @@ async fn default_caps_bound_memory_under_distinct_resources() {
     let status = cluster.status(leader).await.unwrap();
     let o = status.state.overflow;
     assert_eq!(
-        (o.max_keys_per_tenant_bucket, o.max_tenants_per_bucket),
+        (
+            o.max_keys_per_tenant_bucket,
+            o.max_tenants_per_bucket,
+            o.max_rows_per_granularity
+        ),
         (
             tally_analytics::DEFAULT_MAX_KEYS_PER_TENANT_BUCKET.into(),
-            tally_analytics::DEFAULT_MAX_TENANTS_PER_BUCKET.into()
+            tally_analytics::DEFAULT_MAX_TENANTS_PER_BUCKET.into(),
+            tally_analytics::DEFAULT_MAX_ROWS_PER_GRANULARITY.into()
         )
     );
     assert!(o.events_minute > EVENTS / 2, "{o:?}");

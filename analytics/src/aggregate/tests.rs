@@ -142,7 +142,7 @@ fn series_evicts_only_old_buckets_and_tracks_rows() {
     series.evict_before(60_000);
     assert_eq!(series.rows(), 2);
     assert_eq!(
-        series.buckets().keys().copied().collect::<Vec<_>>(),
+        series.iter().map(|(b, _)| b).collect::<Vec<_>>(),
         [60_000, 120_000]
     );
     series.evict_before(i64::MAX);
@@ -157,6 +157,7 @@ fn capped_series_folds_per_bucket_and_rebuilds_its_index() {
     let caps = KeyCaps {
         max_keys_per_tenant_bucket: 2,
         max_tenants_per_bucket: 1,
+        ..KeyCaps::UNLIMITED
     };
     let key = |tenant: &str, resource: &str| GroupKey {
         tenant: tenant.into(),
@@ -187,17 +188,17 @@ fn capped_series_folds_per_bucket_and_rebuilds_its_index() {
     assert_eq!(folds, [per_bucket, per_bucket].concat());
     // Per bucket: a/1, a/2, a/__other__ (2 events), __other__ (1 event).
     assert_eq!((series.rows(), series.overflow_rows()), (8, 4));
-    let first = &series.buckets()[&0];
+    let first = series.bucket(0).unwrap();
     assert_eq!(first[&key("a", "/1").folded(Fold::TenantOther)].requests, 2);
     assert_eq!(first[&key("b", "/1").folded(Fold::AllOther)].requests, 1);
     let total: u64 = first.values().map(|m| m.requests).sum();
     assert_eq!(total, 5, "folding keeps every event");
 
-    let rebuilt = Series::from_buckets(series.buckets().clone());
+    let rebuilt = Series::from_buckets(series.to_map());
     assert_eq!(rebuilt, series);
     series.evict_before(60_000);
     assert_eq!((series.rows(), series.overflow_rows()), (4, 2));
-    assert_eq!(Series::from_buckets(series.buckets().clone()), series);
+    assert_eq!(Series::from_buckets(series.to_map()), series);
     // A key the bucket already holds is counted as itself even when the bucket is full.
     assert_eq!(series.add(60_000, &key("a", "/2"), &e, &caps), Fold::Own);
 }

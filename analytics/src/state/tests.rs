@@ -407,7 +407,7 @@ fn digest_tracks_every_part_of_the_state() {
 
     // One measure of one row changed by one.
     let mut tweaked = base.clone();
-    let mut buckets = tweaked.analytic.hour.buckets().clone();
+    let mut buckets = tweaked.analytic.hour.to_map();
     let measures = buckets
         .values_mut()
         .next()
@@ -497,6 +497,7 @@ fn caps(keys: u32, tenants: u32) -> KeyCaps {
     KeyCaps {
         max_keys_per_tenant_bucket: keys,
         max_tenants_per_bucket: tenants,
+        ..KeyCaps::UNLIMITED
     }
 }
 
@@ -676,4 +677,186 @@ fn the_digest_covers_the_overflow_counters() {
     assert_eq!(restored.digest(), digest);
     assert_eq!(restored.stats(), state.stats());
     assert_eq!(restored.sink_pending(0, 10), state.sink_pending(0, 10));
+}
+
+fn budget(rows: u32) -> KeyCaps {
+    KeyCaps {
+        max_rows_per_granularity: rows,
+        ..KeyCaps::UNLIMITED
+    }
+}
+
+#[test]
+fn past_the_row_budget_new_keys_fold_into_their_buckets_all_other_key() {
+    let mut state = State::new();
+    // Three minutes, four resources each, budget 5: the first five rows are their own, then
+    // each bucket gets (at most) one all-`__other__` row for everything new.
+    let events: Vec<Event> = (0..12)
+        .map(|i| {
+            let minute = T0 + (i / 4) * MINUTE;
+            tenant_event(&format!("e{i}"), "acme", &format!("/r{}", i % 4), minute)
+        })
+        .collect();
+    let outcomes = state.apply_capped(1, &entry(T0 + HOUR, vec![events]), &budget(5));
+    assert_eq!(outcomes, [outcome(12, 0)]);
+    let minute = rows(&state, Granularity::Minute);
+    let other = || String::from(OTHER);
+    assert_eq!(
+        minute,
+        vec![
+            (T0, "acme".into(), "/r0".into(), 1),
+            (T0, "acme".into(), "/r1".into(), 1),
+            (T0, "acme".into(), "/r2".into(), 1),
+            (T0, "acme".into(), "/r3".into(), 1),
+            (T0 + MINUTE, other(), other(), 3),
+            (T0 + MINUTE, "acme".into(), "/r0".into(), 1),
+            (T0 + 2 * MINUTE, other(), other(), 4),
+        ]
+    );
+    let stats = state.stats();
+    assert_eq!(
+        stats.buckets_minute, 7,
+        "budget 5 + one row per later bucket"
+    );
+    assert_eq!(stats.overflow_events.minute, 7);
+    assert_eq!(stats.overflow_keys_minute, 2);
+    // Hour and day hold one bucket with four keys: under the budget, nothing folds.
+    assert_eq!(stats.buckets_hour, 4);
+    assert_eq!(stats.overflow_events.hour, 0);
+    // A key the bucket already holds is still counted as itself.
+    state.apply_capped(
+        2,
+        &entry(
+            T0 + HOUR,
+            vec![vec![tenant_event("x", "acme", "/r1", T0 + 1)]],
+        ),
+        &budget(5),
+    );
+    assert_eq!(rows(&state, Granularity::Minute)[1].3, 2);
+    // The pending queue says where each event went, for the record store.
+    let (pending, _) = state.sink_pending(0, 100);
+    assert_eq!(pending[5].folds.get(Granularity::Minute), Fold::AllOther);
+    assert_eq!(pending[5].folds.get(Granularity::Hour), Fold::Own);
+}
+
+#[test]
+fn the_row_budget_prefers_an_existing_tenant_overflow_row_and_frees_up_with_retention() {
+    let mut state = State::new();
+    let both = KeyCaps {
+        max_keys_per_tenant_bucket: 1,
+        max_rows_per_granularity: 2,
+        ..KeyCaps::UNLIMITED
+    };
+    let events = vec![
+        tenant_event("a", "acme", "/1", T0),
+        tenant_event("b", "acme", "/2", T0),
+        tenant_event("c", "acme", "/3", T0),
+        tenant_event("d", "beta", "/1", T0),
+    ];
+    state.apply_capped(1, &entry(T0, vec![events]), &both);
+    // acme/1 and acme/__other__ fill the budget; acme/3 joins the tenant's existing
+    // overflow row (no new row); beta's new key goes to the all-other key.
+    let other = || String::from(OTHER);
+    assert_eq!(
+        rows(&state, Granularity::Minute),
+        vec![
+            (T0, other(), other(), 1),
+            (T0, "acme".into(), "/1".into(), 1),
+            (T0, "acme".into(), other(), 2),
+        ]
+    );
+    // Once retention drops the old minute, new keys have room again.
+    let later = T0 + MINUTE_RETENTION_MS + MINUTE;
+    state.apply_capped(
+        2,
+        &entry(later, vec![vec![tenant_event("e", "gamma", "/9", later)]]),
+        &both,
+    );
+    assert_eq!(
+        rows(&state, Granularity::Minute),
+        vec![(later, "gamma".into(), "/9".into(), 1)]
+    );
+}
+
+#[test]
+fn a_frozen_copy_shares_the_state_and_is_unchanged_by_later_applies() {
+    let mut state = State::new();
+    let events: Vec<Event> = (0..3_000)
+        .map(|i| {
+            ev(
+                &format!("id-{i}"),
+                T0 + (i % 50) * MINUTE,
+                &format!("api{}", i % 7),
+            )
+        })
+        .collect();
+    state.apply(1, &entry(T0 + HOUR, vec![events]));
+    let before = state.encode_snapshot();
+    let digest = state.digest();
+    let frozen = state.freeze();
+    assert!(frozen
+        .analytic
+        .minute
+        .shares_all_buckets_with(&state.analytic.minute));
+    assert_eq!(frozen.encode_snapshot(), before);
+    assert_eq!(frozen.digest(), digest);
+    assert_eq!(frozen.applied_index(), 1);
+
+    state.apply(
+        2,
+        &entry(
+            T0 + HOUR,
+            vec![vec![ev("late", T0, "api0"), ev("new", T0, "new")]],
+        ),
+    );
+    state.advance_sink(3, 2);
+    assert_ne!(state.digest(), digest);
+    assert_eq!(frozen.encode_snapshot(), before, "the copy did not move");
+    assert_eq!(frozen.digest(), digest);
+    // Only the written bucket was copied: the other 49 minutes are still shared.
+    let shared = frozen
+        .analytic
+        .minute
+        .iter()
+        .zip(state.analytic.minute.iter())
+        .filter(|((_, a), (_, b))| std::ptr::eq(*a, *b))
+        .count();
+    assert_eq!(shared, 49);
+}
+
+#[test]
+fn a_bounded_query_answers_up_to_its_cap_and_refuses_beyond() {
+    let mut state = State::new();
+    // 30 rows at minute granularity: 10 minutes × 3 apis.
+    let events: Vec<Event> = (0..30)
+        .map(|i| {
+            ev(
+                &format!("q{i}"),
+                T0 + (i / 3) * MINUTE,
+                &format!("api{}", i % 3),
+            )
+        })
+        .collect();
+    state.apply(1, &entry(T0 + HOUR, vec![events]));
+    let all = AggregateQuery::new(Granularity::Minute);
+    assert_eq!(state.query_bounded(&all, 30).unwrap().len(), 30);
+    assert_eq!(state.query_bounded(&all, 30).unwrap(), state.query(&all));
+    for cap in [0, 1, 2, 29] {
+        assert!(matches!(
+            state.query_bounded(&all, cap),
+            Err(AnalyticsError::TooManyRows { max_rows }) if max_rows == cap
+        ));
+    }
+    // The same data grouped coarser, or over a narrower range, fits.
+    let per_bucket = AggregateQuery {
+        group_by: vec![],
+        ..all.clone()
+    };
+    assert_eq!(state.query_bounded(&per_bucket, 10).unwrap().len(), 10);
+    let narrow = AggregateQuery {
+        from_ms: Some(T0),
+        to_ms: Some(T0 + 2 * MINUTE),
+        ..all
+    };
+    assert_eq!(state.query_bounded(&narrow, 6).unwrap().len(), 6);
 }

@@ -121,6 +121,10 @@ pub struct ClusterOpts {
     pub max_keys_per_tenant_bucket: Option<u64>,
     /// `[analytics] max_tenants_per_bucket`.
     pub max_tenants_per_bucket: Option<u64>,
+    /// `[analytics] max_rows_per_granularity`.
+    pub max_rows_per_granularity: Option<u64>,
+    /// `[read] max_aggregate_rows`.
+    pub max_aggregate_rows: Option<u64>,
     /// `[sql] max_result_bytes`.
     pub sql_max_result_bytes: Option<usize>,
     /// `[sql] max_concurrent`.
@@ -193,6 +197,12 @@ impl ClusterOpts {
                 "max_tenants_per_bucket",
                 self.max_tenants_per_bucket,
             ),
+            (
+                "analytics",
+                "max_rows_per_granularity",
+                self.max_rows_per_granularity,
+            ),
+            ("read", "max_aggregate_rows", self.max_aggregate_rows),
             (
                 "sql",
                 "max_result_bytes",
