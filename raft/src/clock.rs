@@ -230,7 +230,7 @@ impl ClockGuard {
         }
         // Said once when clamping starts and once when it stops: noticed, not noisy.
         if self.clamping.swap(stamp.clamped, Ordering::Relaxed) != stamp.clamped {
-            if stamp.clamped {
+            if stamp.clamped && stamp.majority_ms.is_some() {
                 tracing::warn!(
                     local_ms,
                     stamped_ms = stamp.at_ms,
@@ -238,6 +238,16 @@ impl ClockGuard {
                     bound = stamp.bound.as_str(),
                     "this node's clock is more than {} ms off its voters': ingest time is held to theirs until it is back",
                     self.max_skew_ms
+                );
+            } else if stamp.clamped {
+                // No majority of clocks known (yet): a node that just started or lost its
+                // peers. Nothing is known to be wrong with the clock, so no warning.
+                tracing::info!(
+                    local_ms,
+                    stamped_ms = stamp.at_ms,
+                    bound = stamp.bound.as_str(),
+                    "no majority of the voters' clocks is known: ingest time runs on from the \
+                     last trusted time at the monotonic clock's pace"
                 );
             } else {
                 tracing::info!(local_ms, "this node's clock is back within {} ms of its voters': ingest time follows it again", self.max_skew_ms);
