@@ -194,7 +194,8 @@ impl PartitionTerms {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ElectionSummary {
     pub partitions: u64,
-    /// Partitions whose cluster settled after the heal before the next fault.
+    /// Partitions whose cluster settled after the heal (before the next fault, or after
+    /// the final healing for one healed at the time limit).
     pub settled: u64,
     /// Elections caused by heals, all together, and per heal.
     pub elections_by_heals: u64,

@@ -44,7 +44,7 @@ fn summary(out: &mut String, e: &ElectionSummary) {
         out,
         "<p>{} partitions: <b>{:.2} elections per heal</b> ({} in all), <b>{} of {} heals \
          deposed a leader</b> that had a majority; {:.2} elections per partition, the needed \
-         ones included; {} of {} settled before the next fault.</p>",
+         ones included; {} of {} settled after the heal.</p>",
         e.partitions,
         e.elections_per_heal,
         e.elections_by_heals,
