@@ -19,6 +19,7 @@ use tally_protocol::NodeStatus;
 use tally_testkit::cluster::{free_ports, ClusterSpec, NodeSpec, ProcessCluster};
 use tally_testkit::faketime::FakeClock;
 
+use crate::elections::{NodeTerm, View};
 use crate::proxy::{self, Proxies};
 
 pub const DATA_NODES: [u64; 2] = [1, 2];
@@ -200,6 +201,20 @@ impl Cluster {
     /// The node that says it leads, with the highest term, among running, unpaused nodes.
     pub async fn leader(&self) -> Option<u64> {
         self.nodes.claimed_leader(Duration::from_millis(500)).await
+    }
+
+    /// Every running, unpaused node's term and leader, read at once; a node that does not
+    /// answer within `limit` is left out.
+    pub async fn view(&self, limit: Duration) -> View {
+        let live: Vec<u64> = NODES
+            .into_iter()
+            .filter(|id| self.is_running(*id) && !self.is_paused(*id))
+            .collect();
+        let answers =
+            futures::future::join_all(live.iter().map(|id| self.status(*id, limit))).await;
+        View {
+            nodes: answers.iter().flatten().map(NodeTerm::of).collect(),
+        }
     }
 
     pub async fn wait_for_leader(&self, limit: Duration) -> Result<u64> {

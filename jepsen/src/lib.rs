@@ -6,6 +6,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod elections;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tally_jepsen::elections::ElectionSummary;
 use tally_jepsen::nemesis::Kind;
 use tally_jepsen::run::{run, RunOptions};
 
@@ -159,13 +160,14 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
     })?;
     println!();
     println!(
-        "{}  seed {}  {} events acknowledged of {} attempted, {} faults, {:.0} s",
+        "{}  seed {}  {} events acknowledged of {} attempted, {} faults, {:.0} s{}",
         if results.valid { "VALID" } else { "INVALID" },
         results.seed,
         results.stats.events_acked,
         results.stats.events_attempted,
         results.stats.faults,
-        results.stats.duration_s
+        results.stats.duration_s,
+        heals_line(&results.elections)
     );
     for c in &results.checkers {
         println!(
@@ -186,6 +188,17 @@ fn run_cmd(args: RunArgs) -> Result<bool> {
     }
     println!("  report: {}", store_dir.join("report.html").display());
     Ok(results.valid)
+}
+
+/// The summary line's word on partitions: elections per heal and leaders deposed by heals.
+fn heals_line(e: &ElectionSummary) -> String {
+    if e.partitions == 0 {
+        return String::new();
+    }
+    format!(
+        "; {} partitions: {:.2} elections per heal, {} of {} heals deposed a leader",
+        e.partitions, e.elections_per_heal, e.heals_that_deposed, e.partitions
+    )
 }
 
 /// Partitions hold many half-open connections: use the hard limit on open files.

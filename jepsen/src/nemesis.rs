@@ -5,6 +5,11 @@
 //! clock and the node's monotonic clock stay put) and back. Before it heals one, it re-sends
 //! the run's first acknowledged batch: a dedup window that the jump emptied would count it
 //! again (`checker::dedup_window`).
+//!
+//! Around every partition it reads each node's Raft term and leader: when the cut is made,
+//! just before it heals, and after the heal until the cluster has settled (within the quiet
+//! time that follows, so the schedule of faults stays as it was). [`crate::elections`]
+//! turns those into the elections each heal caused.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +19,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::cluster::{Cluster, DATA_NODES, NODES, WITNESS};
+use crate::elections::{Cut, Moment, PartitionTerms, View};
 use crate::history::{Fault, Op, OpType, Recorder, F, NEMESIS};
 use crate::store::Store;
 use crate::workload::Workload;
@@ -27,6 +33,14 @@ const CLOCK_MIN_HOLD: Duration = Duration::from_secs(5);
 const CLOCK_SHOWS_WITHIN: Duration = Duration::from_millis(2_500);
 /// Dedup probes per clock fault, at most, until one is answered.
 const PROBE_ATTEMPTS: u32 = 3;
+/// After a heal, the cluster must look settled at least this long after it before its
+/// terms count: a healed node's higher term reaches the leader with the next heartbeat
+/// or vote request, so an agreement right at the heal may not last.
+const SETTLE_MIN: Duration = Duration::from_millis(1_000);
+/// How often a settling cluster is read.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// One node's status, read for its term, is waited for at most this long.
+const VIEW_LIMIT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -85,6 +99,16 @@ struct Injected {
     active: Active,
 }
 
+/// A partition whose terms are being followed.
+struct Watch {
+    fault_id: u32,
+    cut: Cut,
+    isolated: Vec<u64>,
+    start: Moment,
+    /// Read just before the heal, and when the heal was made.
+    heal: Option<(Moment, Instant)>,
+}
+
 pub struct Nemesis {
     kinds: Vec<Kind>,
     recorder: Recorder,
@@ -97,6 +121,10 @@ pub struct Nemesis {
     pub probe: Option<Workload>,
     /// What the nemesis saw go wrong, for the `cluster` checker (`(kind, description)`).
     pub findings: Vec<(String, String)>,
+    /// The partition in place, or healed and not settled yet.
+    watch: Option<Watch>,
+    /// Terms and leaders around every partition so far, in the order they healed.
+    pub partitions: Vec<PartitionTerms>,
 }
 
 impl Nemesis {
@@ -110,6 +138,8 @@ impl Nemesis {
             hold_ms: (1_500, 7_000),
             probe: None,
             findings: Vec::new(),
+            watch: None,
+            partitions: Vec::new(),
         }
     }
 
@@ -128,11 +158,15 @@ impl Nemesis {
         }
         loop {
             let quiet = Duration::from_millis(rng.gen_range(self.quiet_ms.0..=self.quiet_ms.1));
-            if Instant::now() + quiet >= deadline {
+            let next_fault = Instant::now() + quiet;
+            if next_fault >= deadline {
+                // Whatever has not settled by then is read once the run has healed.
+                self.settle(cluster, deadline, true).await;
                 tokio::time::sleep_until(deadline.into()).await;
                 return Ok(());
             }
-            tokio::time::sleep(quiet).await;
+            self.settle(cluster, next_fault, false).await;
+            tokio::time::sleep_until(next_fault.into()).await;
             let kind = *self.kinds.choose(rng).expect("not empty");
             let mut faults = vec![self.start(kind, rng, cluster, store).await?];
             // A mix: sometimes the record store fails during another fault.
@@ -158,6 +192,69 @@ impl Nemesis {
         }
     }
 
+    /// Milliseconds since the run started (the history's clock).
+    fn now_ms(&self) -> f64 {
+        self.recorder.start().elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// The cluster's leader and term now.
+    async fn moment(&self, cluster: &Cluster) -> (View, Moment) {
+        let view = cluster.view(VIEW_LIMIT).await;
+        let moment = view.moment(self.now_ms());
+        (view, moment)
+    }
+
+    /// After a partition healed: reads the cluster until every node agrees on one leader
+    /// and term, at least [`SETTLE_MIN`] after the heal, or until `until`, and records the
+    /// partition's terms. With `keep_open`, a cluster not settled by `until` is left for
+    /// [`Nemesis::finish`].
+    async fn settle(&mut self, cluster: &Cluster, until: Instant, keep_open: bool) {
+        let Some(watch) = self.watch.take_if(|w| w.heal.is_some()) else {
+            return;
+        };
+        let Some((_, healed_at)) = watch.heal else {
+            return;
+        };
+        loop {
+            let (view, after) = self.moment(cluster).await;
+            let settled = view.settled(NODES.len());
+            if settled && healed_at.elapsed() >= SETTLE_MIN {
+                return self.record_terms(watch, after, true);
+            }
+            if Instant::now() + SETTLE_POLL >= until {
+                if keep_open {
+                    self.watch = Some(watch);
+                    return;
+                }
+                return self.record_terms(watch, after, false);
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// At the end of the run, once everything is healed and the cluster has settled: the
+    /// terms of a partition healed too late to settle before the time limit.
+    pub async fn finish(&mut self, cluster: &Cluster) {
+        let Some(watch) = self.watch.take_if(|w| w.heal.is_some()) else {
+            return;
+        };
+        let (view, after) = self.moment(cluster).await;
+        self.record_terms(watch, after, view.settled(NODES.len()));
+    }
+
+    fn record_terms(&mut self, watch: Watch, after: Moment, settled: bool) {
+        let Some((heal, _)) = watch.heal else {
+            return;
+        };
+        self.partitions.push(PartitionTerms::new(
+            watch.fault_id,
+            watch.cut,
+            watch.isolated,
+            (watch.start, heal, after),
+            settled,
+        ));
+    }
+
     fn record(&self, f: F, kind: OpType, fault: &Fault) {
         let mut op = Op::new(NEMESIS, kind, f);
         op.fault = Some(fault.clone());
@@ -173,6 +270,7 @@ impl Nemesis {
     ) -> Result<Injected> {
         let leader = cluster.leader().await;
         let data_leader = leader.filter(|l| *l != WITNESS);
+        let mut watch = None;
         let (nodes, description, plan) = match kind {
             Kind::Kill | Kind::Pause => {
                 let roll = rng.gen_range(0..100);
@@ -215,6 +313,14 @@ impl Nemesis {
                         (vec![d], format!("isolate data node {d}"))
                     }
                 };
+                let (_, start) = self.moment(cluster).await;
+                watch = Some(Watch {
+                    fault_id: self.next_id + 1,
+                    cut: Cut::of(&alone, start.leader, WITNESS),
+                    isolated: alone.clone(),
+                    start,
+                    heal: None,
+                });
                 if alone.is_empty() {
                     cluster.proxies.cut_between(&[1], &[2]);
                     (vec![1, 2], desc, None)
@@ -269,6 +375,7 @@ impl Nemesis {
             }
             Kind::Partition => {
                 self.record(F::StartFault, OpType::Invoke, &fault);
+                self.watch = watch;
                 Active::Partitioned
             }
             Kind::Clock => {
@@ -314,7 +421,13 @@ impl Nemesis {
         match f.active {
             Active::Killed(id) => cluster.restart(id)?,
             Active::Paused(id) => cluster.resume(id)?,
-            Active::Partitioned => cluster.proxies.heal(),
+            Active::Partitioned => {
+                let (_, heal) = self.moment(cluster).await;
+                cluster.proxies.heal();
+                if let Some(w) = &mut self.watch {
+                    w.heal = Some((heal, Instant::now()));
+                }
+            }
             Active::StorePaused => store.resume()?,
             Active::StoreKilled => tokio::task::block_in_place(|| store.restart())?,
             Active::ClockJumped(id) => {

@@ -1,6 +1,6 @@
 //! `report.html`: one self-contained page for a chaos run — the verdict, every checker and
 //! its anomalies, throughput and latency over time with the faults shaded, the faults
-//! themselves and how to read it all.
+//! themselves, the Raft terms around each partition ([`partitions`]) and how to read it all.
 //!
 //! Inline CSS and inline SVG only: no scripts, fonts or anything else fetched from anywhere,
 //! so the file can be opened straight from a CI artifact. [`render`] is a pure function of
@@ -11,6 +11,8 @@ use std::fmt::Write;
 
 use crate::history::{Op, OpType, F};
 use crate::results::Results;
+
+mod partitions;
 
 /// At most this many latency dots are drawn (sampled deterministically beyond that).
 const MAX_DOTS: usize = 20_000;
@@ -97,6 +99,7 @@ pub fn render(history: &[Op], results: &Results) -> String {
     throughput_chart(&mut out, history, &tl, &faults);
     latency_chart(&mut out, history, results, &tl, &faults, &lookup);
     fault_table(&mut out, &faults, &tl);
+    partitions::partition_table(&mut out, results);
     how_to_read(&mut out);
     out.push_str("</body>\n</html>\n");
     out
@@ -1235,6 +1238,8 @@ mod tests {
             plants: Vec::new(),
             stats: Stats::default(),
             checkers: Vec::new(),
+            partitions: Vec::new(),
+            elections: Default::default(),
         }
     }
 

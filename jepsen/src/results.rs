@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::elections::{ElectionSummary, PartitionTerms};
+
 /// The whole verdict. `valid` is true only if every checker is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
@@ -13,6 +15,12 @@ pub struct Results {
     pub plants: Vec<String>,
     pub stats: Stats,
     pub checkers: Vec<CheckerResult>,
+    /// Raft terms and leaders around every partition fault, in the order they healed.
+    #[serde(default)]
+    pub partitions: Vec<PartitionTerms>,
+    /// The partitions added up: elections caused by heals, leaders they deposed.
+    #[serde(default)]
+    pub elections: ElectionSummary,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::checker::{self, WriteFacts};
 use crate::cluster::{Cluster, ClusterOptions, DATA_NODES, NODES};
+use crate::elections;
 use crate::history::{Op, OpType, Recorder, F};
 use crate::nemesis::{Kind, Nemesis};
 use crate::results::{Results, Stats};
@@ -170,6 +171,7 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
         problems.push(("not-quiescent".into(), e.to_string()));
     }
     problems.extend(cluster.unexpected_exits().into_iter().map(|(_, p)| p));
+    nemesis.finish(&cluster).await;
 
     // Final reads, recorded like any other client's.
     let final_process = opts.clients + opts.readers;
@@ -225,6 +227,8 @@ pub async fn run(opts: RunOptions) -> Result<Results> {
         plants: opts.plants.clone(),
         stats,
         checkers,
+        elections: elections::summarize(&nemesis.partitions),
+        partitions: std::mem::take(&mut nemesis.partitions),
     };
     std::fs::write(
         opts.store_dir.join("results.json"),
