@@ -198,7 +198,9 @@ pub(crate) async fn witness_campaign(raft: Raft, timing: RaftTiming) {
         if clock.decide(&view, Instant::now()) == CampaignAction::Campaign {
             let quiet_limit = clock.quiet_limit;
             tracing::info!("no leader for {quiet_limit:?}: the witness campaigns as caretaker");
-            if raft.trigger().elect(false).await.is_err() {
+            // With pre-vote, like every other election: a witness that is only cut off
+            // from the others must not raise its term and depose the leader on its return.
+            if raft.trigger().elect(true).await.is_err() {
                 return;
             }
             clock.last_leader_heard = Instant::now();
