@@ -40,6 +40,8 @@ async fn mariadb_records_are_exact_through_leader_kills_and_an_outage() {
         // High enough that the outage never refuses ingest here (records_backpressure.rs
         // covers the bound).
         sink_max_backlog_events: Some(200_000),
+        // The check compares every in-memory row with the usage tables, in one read.
+        max_aggregate_rows: Some(1_000_000),
         ..ClusterOpts::default()
     };
     let (mut cluster, _) = Cluster::start_formed(opts).await;
@@ -187,6 +189,8 @@ async fn mariadb_keeps_the_first_occurrence_of_a_duplicate_id() {
     let db = tokio::task::block_in_place(MariaDb::start).expect("start MariaDB");
     let opts = ClusterOpts {
         record_store: Some(db.url()),
+        // The check compares every in-memory row with the usage tables, in one read.
+        max_aggregate_rows: Some(1_000_000),
         ..ClusterOpts::default()
     };
     let (cluster, _) = Cluster::start_formed(opts).await;

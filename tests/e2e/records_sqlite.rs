@@ -33,6 +33,8 @@ async fn sqlite_records_are_exact_through_leader_kills() {
     let path = store_dir.path().join("records.db");
     let opts = ClusterOpts {
         record_store: Some(format!("sqlite://{}", path.display())),
+        // The check compares every in-memory row with the usage tables, in one read.
+        max_aggregate_rows: Some(1_000_000),
         ..ClusterOpts::default()
     };
     let (mut cluster, _) = Cluster::start_formed(opts).await;
@@ -117,6 +119,8 @@ async fn sqlite_keeps_the_first_occurrence_of_a_duplicate_id() {
     let path = store_dir.path().join("records.db");
     let opts = ClusterOpts {
         record_store: Some(format!("sqlite://{}", path.display())),
+        // The check compares every in-memory row with the usage tables, in one read.
+        max_aggregate_rows: Some(1_000_000),
         ..ClusterOpts::default()
     };
     let (cluster, _) = Cluster::start_formed(opts).await;

@@ -144,6 +144,8 @@ impl ClusterOpts {
     pub fn key_per_event() -> ClusterOpts {
         ClusterOpts {
             max_keys_per_tenant_bucket: Some(100_000),
+            // One row per event when they are read back.
+            max_aggregate_rows: Some(1_000_000),
             ..ClusterOpts::default()
         }
     }
