@@ -147,8 +147,10 @@ pub struct PostArgs {
 
 /// A client builder that trusts `ca` (PEM) for `https://` nodes.
 fn builder(ca: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder> {
+    // No redirects: requests carry the cluster secret or a token in headers.
     let mut b = reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60));
     if let Some(path) = ca {
         let pem =

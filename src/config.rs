@@ -631,10 +631,21 @@ impl ServeArgs {
                 .collect::<Result<Vec<_>>>()?,
             None => file.auth.tokens,
         };
+        // Behind a proxy (`advertise`, or a members address elsewhere) a loopback listener
+        // still serves the network: it counts as loopback only if peers reach it there.
+        let reached_at = advertise
+            .clone()
+            .or_else(|| members.get(&id).cloned())
+            .unwrap_or_else(|| listen.clone());
+        let exposed = if is_loopback(&reached_at) {
+            listen.clone()
+        } else {
+            reached_at
+        };
         let auth = resolve_auth(
             tokens,
             self.allow_anonymous.or(file.auth.allow_anonymous),
-            &listen,
+            &exposed,
         )?;
         check_read_url(role, record_store.as_deref(), record_reads.url.as_deref())?;
         // Default: 512, or half the connections when there are fewer than 1024.
@@ -735,6 +746,13 @@ fn resolve_auth(
             .is_some_and(|t| t.is_empty() || t.len() > 256)
         {
             bail!("[auth] token {name:?}: tenant must be 1 to 256 characters (leave it out for every tenant)");
+        }
+        if entry.tenant.as_deref() == Some(tally_analytics::OTHER) {
+            bail!(
+                "[auth] token {name:?}: tenant {:?} names the overflow rows of every tenant, \
+                 not a tenant",
+                tally_analytics::OTHER
+            );
         }
         if let Some(other) = tokens.iter().find(|t| t.name == name) {
             bail!("[auth] two tokens are named {:?}", other.name);

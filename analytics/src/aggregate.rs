@@ -352,8 +352,10 @@ impl Series {
     /// Counts `event` into the bucket starting at `bucket_ms`: under `key` if the bucket
     /// holds it or `caps` admit it, else under the overflow key `caps` send it to. When the
     /// series already holds `caps.max_rows_per_granularity` rows, an event that would add a
-    /// row goes to the bucket's all-`__other__` key instead (so a series holds at most the
-    /// budget plus one row per bucket). Returns where it was counted.
+    /// row goes to its tenant's overflow key instead (the all-`__other__` key when the
+    /// tenants cap sends it there), so a series holds at most the budget plus one row per
+    /// tenant and bucket, and one tenant spending the budget cannot fold another tenant's
+    /// rows out of that tenant. Returns where it was counted.
     pub fn add(&mut self, bucket_ms: i64, key: &GroupKey, event: &Event, caps: &KeyCaps) -> Fold {
         let budget_spent = self.rows >= caps.max_rows_per_granularity as usize;
         let bucket = Arc::make_mut(self.buckets.entry(bucket_ms).or_default());
@@ -364,8 +366,8 @@ impl Series {
         }
         let mut fold = bucket.index.place(&key.tenant, key.is_overflow(), caps);
         let mut target = key.folded(fold);
-        if !bucket.rows.contains_key(&target) && budget_spent {
-            fold = Fold::AllOther;
+        if !bucket.rows.contains_key(&target) && budget_spent && fold == Fold::Own {
+            fold = Fold::TenantOther;
             target = key.folded(fold);
         }
         if let Some(measures) = bucket.rows.get_mut(&target) {

@@ -19,9 +19,11 @@
 //!
 //! Over all buckets of one granularity, a **row budget** (`max_rows_per_granularity`)
 //! bounds the total: once the series holds that many rows, an event that would add a row
-//! (under its own key or its tenant's overflow key) goes to its bucket's all-`__other__`
-//! key instead, which adds at most one row per bucket. So a granularity holds at most
-//! `budget + buckets` rows, however the keys are spread over buckets. Rows freed by
+//! under its own key goes to its tenant's overflow key instead (which the tenants cap may
+//! already have made the all-`__other__` key). That adds at most one row per tenant and
+//! bucket, so a granularity holds at most `budget + buckets × (max_tenants + 1)` rows,
+//! however the keys are spread over buckets; and a tenant that spends the budget folds only
+//! its own new keys, never another tenant's rows out of their tenant. Rows freed by
 //! retention make room again. The decision reads only the series and the entry's caps.
 //!
 //! The caps are **proposer-stamped**: the leader writes the caps it uses into each ingest

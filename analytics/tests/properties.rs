@@ -278,7 +278,8 @@ proptest! {
             }
             prop_assert!(per_bucket.values().all(|&n| n <= bound));
             let budget = caps.max_rows_per_granularity as usize;
-            prop_assert!(rows.len() <= budget.saturating_add(per_bucket.len()));
+            let tenants = caps.max_tenants_per_bucket as usize + 1;
+            prop_assert!(rows.len() <= budget.saturating_add(per_bucket.len() * tenants));
         }
         prop_assert_eq!(split.stats().buckets_minute, split.query(&AggregateQuery::new(Granularity::Minute)).len());
         let restored = State::decode_snapshot(&split.encode_snapshot()).unwrap();

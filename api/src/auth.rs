@@ -171,7 +171,8 @@ impl Caller {
 pub enum Access {
     /// A token (or anonymous access) with this role.
     Role(Role),
-    /// `read`, on every tenant: for `/v1/sql`, which no tenant filter can confine.
+    /// `read`, on every tenant: for `/v1/sql` and the state digest, which no tenant filter
+    /// can confine.
     ReadAllTenants,
     /// `read`, or the cluster secret: status and metrics, which operators' tools and
     /// peers read.

@@ -140,15 +140,30 @@ async fn install(
 ) -> Result<SnapshotResponse<TypeConfig>, Response> {
     // A data node installs only real analytic state. Refusing here (before openraft sees
     // it) keeps a bad snapshot from becoming a storage error that stops the node.
-    if app.node.role == Role::Data {
-        if let Err(e) = tally_analytics::State::decode_snapshot(&data) {
-            return Err((
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("refusing snapshot without valid analytic state: {e}"),
-            )
-                .into_response());
+    // Decoding a large state takes a while: on a blocking thread, not the worker that also
+    // serves heartbeats.
+    let data = if app.node.role == Role::Data {
+        let checked = tokio::task::spawn_blocking(move || {
+            let valid = tally_analytics::State::decode_snapshot(&data).map(drop);
+            (data, valid)
+        })
+        .await;
+        match checked {
+            Ok((data, Ok(()))) => data,
+            Ok((_, Err(e))) => {
+                return Err((
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("refusing snapshot without valid analytic state: {e}"),
+                )
+                    .into_response())
+            }
+            Err(e) => {
+                return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+            }
         }
-    }
+    } else {
+        data
+    };
     let snapshot = openraft::Snapshot {
         meta,
         snapshot: data,

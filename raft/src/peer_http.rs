@@ -80,8 +80,11 @@ impl PeerHttp {
     /// with TLS only the cluster's CA as roots, the node's identity, and HTTPS only.
     /// Callers add their own timeouts and pool settings.
     pub fn client(&self, connect_timeout: Duration) -> reqwest::ClientBuilder {
+        // Never follow a redirect: the request carries the cluster secret in a header that
+        // reqwest would send on to whatever host the `Location` names.
         let mut builder = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .local_address(self.source_ip)
             .connect_timeout(connect_timeout);
         if let Some(tls) = &self.tls {

@@ -687,10 +687,10 @@ fn budget(rows: u32) -> KeyCaps {
 }
 
 #[test]
-fn past_the_row_budget_new_keys_fold_into_their_buckets_all_other_key() {
+fn past_the_row_budget_new_keys_fold_into_their_tenants_overflow_key() {
     let mut state = State::new();
     // Three minutes, four resources each, budget 5: the first five rows are their own, then
-    // each bucket gets (at most) one all-`__other__` row for everything new.
+    // each bucket gets (at most) one overflow row of the tenant for everything new.
     let events: Vec<Event> = (0..12)
         .map(|i| {
             let minute = T0 + (i / 4) * MINUTE;
@@ -708,15 +708,15 @@ fn past_the_row_budget_new_keys_fold_into_their_buckets_all_other_key() {
             (T0, "acme".into(), "/r1".into(), 1),
             (T0, "acme".into(), "/r2".into(), 1),
             (T0, "acme".into(), "/r3".into(), 1),
-            (T0 + MINUTE, other(), other(), 3),
             (T0 + MINUTE, "acme".into(), "/r0".into(), 1),
-            (T0 + 2 * MINUTE, other(), other(), 4),
+            (T0 + MINUTE, "acme".into(), other(), 3),
+            (T0 + 2 * MINUTE, "acme".into(), other(), 4),
         ]
     );
     let stats = state.stats();
     assert_eq!(
         stats.buckets_minute, 7,
-        "budget 5 + one row per later bucket"
+        "budget 5 + one overflow row of the tenant per later bucket"
     );
     assert_eq!(stats.overflow_events.minute, 7);
     assert_eq!(stats.overflow_keys_minute, 2);
@@ -735,7 +735,7 @@ fn past_the_row_budget_new_keys_fold_into_their_buckets_all_other_key() {
     assert_eq!(rows(&state, Granularity::Minute)[1].3, 2);
     // The pending queue says where each event went, for the record store.
     let (pending, _) = state.sink_pending(0, 100);
-    assert_eq!(pending[5].folds.get(Granularity::Minute), Fold::AllOther);
+    assert_eq!(pending[5].folds.get(Granularity::Minute), Fold::TenantOther);
     assert_eq!(pending[5].folds.get(Granularity::Hour), Fold::Own);
 }
 
@@ -755,14 +755,15 @@ fn the_row_budget_prefers_an_existing_tenant_overflow_row_and_frees_up_with_rete
     ];
     state.apply_capped(1, &entry(T0, vec![events]), &both);
     // acme/1 and acme/__other__ fill the budget; acme/3 joins the tenant's existing
-    // overflow row (no new row); beta's new key goes to the all-other key.
+    // overflow row (no new row); beta's new key goes to beta's own overflow row: acme
+    // spending the budget does not fold beta's data out of beta.
     let other = || String::from(OTHER);
     assert_eq!(
         rows(&state, Granularity::Minute),
         vec![
-            (T0, other(), other(), 1),
             (T0, "acme".into(), "/1".into(), 1),
             (T0, "acme".into(), other(), 2),
+            (T0, "beta".into(), other(), 1),
         ]
     );
     // Once retention drops the old minute, new keys have room again.
