@@ -273,8 +273,18 @@ impl ClockGuard {
         inner.peers = peers;
     }
 
-    fn record(&self, peer: NodeId, sample: Sample) {
-        self.lock().samples.insert(peer, sample);
+    /// Keeps a peer's sample, unless its clock is outside the times an event may carry
+    /// (2000 to 2200): a clock reset to 1970 or a reply from a broken peer says nothing
+    /// about the time, and must not hold the majority clock back.
+    fn record(&self, peer: NodeId, sample: Sample, peer_ms: i64) {
+        let plausible = (tally_analytics::MIN_TIMESTAMP_MS..tally_analytics::MAX_TIMESTAMP_MS)
+            .contains(&peer_ms);
+        let mut inner = self.lock();
+        if plausible {
+            inner.samples.insert(peer, sample);
+        } else {
+            inner.samples.remove(&peer);
+        }
     }
 
     /// After a round of samples: trust the majority clock if there is one.
@@ -377,9 +387,11 @@ pub(crate) async fn sample_voters(raft: Raft, network: HttpNetwork, guard: Arc<C
         });
         for (id, sent, received, reply) in futures::future::join_all(asks).await {
             match reply {
-                Ok(r) if r.node_id == id => {
-                    guard.record(id, Sample::from_round_trip(sent, received, r.now_ms))
-                }
+                Ok(r) if r.node_id == id => guard.record(
+                    id,
+                    Sample::from_round_trip(sent, received, r.now_ms),
+                    r.now_ms,
+                ),
                 Ok(r) => tracing::debug!("clock of node {id}: node {} answered", r.node_id),
                 Err(e) => tracing::trace!("clock of node {id}: {e}"),
             }
@@ -511,6 +523,22 @@ mod tests {
     }
 
     #[test]
+    fn an_implausible_peer_clock_is_no_sample() {
+        let guard = ClockGuard::new(SKEW as u64);
+        guard.set_voters(3, vec![2, 3]);
+        let now = Instant::now();
+        let real = now_ms();
+        guard.record(2, Sample::from_round_trip(now, now, real), real);
+        // A clock reset to 1970, and a hostile reply: dropped, and they drop what was known.
+        for bad in [0, i64::MIN, i64::MAX] {
+            guard.record(3, Sample::from_round_trip(now, now, bad), bad);
+            assert!(!guard.lock().samples.contains_key(&3), "{bad}");
+        }
+        guard.record(2, Sample::from_round_trip(now, now, 5), 5);
+        assert!(guard.lock().samples.is_empty());
+    }
+
+    #[test]
     fn the_guard_clamps_a_jumped_clock_and_never_ratchets_without_peers() {
         let guard = ClockGuard::new(SKEW as u64);
         let real = now_ms();
@@ -518,7 +546,11 @@ mod tests {
         guard.set_voters(3, vec![2, 3]);
         let now = Instant::now();
         for id in [2, 3] {
-            guard.record(id, Sample::from_round_trip(now, now, real - YEAR));
+            guard.record(
+                id,
+                Sample::from_round_trip(now, now, real - YEAR),
+                real - YEAR,
+            );
         }
         let s = guard.stamp(None);
         assert!(s.clamped);
