@@ -72,6 +72,7 @@ pub use pending::{PendingEvent, PendingStatus, PENDING_CAP};
 pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 pub use state::{FrozenState, State, StateStats};
 pub use validate::{
-    check_future_skew, parse_events, BatchError, BodyFormat, FieldError, MAX_ERROR_DETAILS,
-    MAX_EVENTS_PER_BATCH, MAX_FUTURE_SKEW_MS, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS,
+    check_future_skew, parse_events, BatchError, BodyFormat, FieldError, KNOWN_FIELDS,
+    MAX_ERROR_DETAILS, MAX_EVENTS_PER_BATCH, MAX_FUTURE_SKEW_MS, MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
 };

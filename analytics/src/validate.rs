@@ -37,7 +37,7 @@ const API_VERSION_MAX_CHARS: usize = 64;
 const MAX_ECHOED_NAME: usize = 64;
 
 /// Every field of the event schema (docs/api.md), as named in the JSON input.
-const KNOWN_FIELDS: [&str; 33] = [
+pub const KNOWN_FIELDS: [&str; 33] = [
     "event_id",
     "timestamp",
     "kind",

@@ -9,48 +9,16 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tally_analytics::{
-    check_future_skew, parse_events, BodyFormat, MAX_ERROR_DETAILS, MAX_EVENTS_PER_BATCH,
+    check_future_skew, parse_events, BodyFormat, KNOWN_FIELDS, MAX_ERROR_DETAILS,
+    MAX_EVENTS_PER_BATCH,
 };
 
-const FIELDS: [&str; 36] = [
-    "event_id",
-    "timestamp",
-    "kind",
-    "api_name",
-    "api_version",
-    "tenant",
-    "api_context",
-    "api_creator",
-    "resource",
-    "method",
-    "hostname",
-    "destination",
-    "protocol",
-    "application_id",
-    "application_name",
-    "application_owner",
-    "username",
-    "user_tenant",
-    "user_ip",
-    "user_agent",
-    "response_code",
-    "response_time_ms",
-    "backend_latency_ms",
-    "security_latency_ms",
-    "throttling_latency_ms",
-    "request_mediation_latency_ms",
-    "response_mediation_latency_ms",
-    "other_latency_ms",
-    "response_size",
-    "cache_hit",
-    "error_code",
-    "error_message",
-    "throttled_reason",
-    // Near misses and strangers.
-    "respone_code",
-    "eventId",
-    "",
-];
+/// The schema's fields, then near misses and strangers.
+fn fields() -> Vec<&'static str> {
+    let mut fields = KNOWN_FIELDS.to_vec();
+    fields.extend(["respone_code", "eventId", ""]);
+    fields
+}
 
 /// Cases per property: `PROPTEST_CASES` when set (the long run), else a short pass.
 fn cases(default: u32) -> u32 {
@@ -101,24 +69,19 @@ fn value() -> impl Strategy<Value = Value> {
 
 /// A record: mostly schema fields, with values of any type.
 fn record() -> impl Strategy<Value = Value> {
-    prop::collection::vec((prop::sample::select(FIELDS.to_vec()), value()), 0..12).prop_map(
-        |fields| {
-            let mut object = Map::new();
-            for (name, v) in fields {
-                object.insert(name.to_string(), v);
-            }
-            Value::Object(object)
-        },
-    )
+    prop::collection::vec((prop::sample::select(fields()), value()), 0..12).prop_map(|fields| {
+        let mut object = Map::new();
+        for (name, v) in fields {
+            object.insert(name.to_string(), v);
+        }
+        Value::Object(object)
+    })
 }
 
 /// A valid event with a few fields replaced (by values of any type) or removed: reaches
 /// every validator, and accepts often enough to check what acceptance promises.
 fn mutated_valid() -> impl Strategy<Value = Value> {
-    let op = (
-        prop::sample::select(FIELDS.to_vec()),
-        prop::option::of(value()),
-    );
+    let op = (prop::sample::select(fields()), prop::option::of(value()));
     prop::collection::vec(op, 0..4).prop_map(|ops| {
         let mut e = json!({"event_id": "a-1", "timestamp": 1_714_564_800_000i64,
             "api_name": "Shop", "api_version": "v1", "response_code": 200,
