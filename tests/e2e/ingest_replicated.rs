@@ -499,7 +499,10 @@ async fn ingest_through_all_nodes_matches_the_model() {
             ),
         ] {
             let at = assert_aggregates_match(&cluster, id, granularity, group_by, &events).await;
-            assert_eq!(at, index, "node {id} moved on after convergence");
+            // Nothing is posted any more: an index that moved on applied entries without events
+            // (a new term's blank entry after an election on a loaded machine), and the rows
+            // were just checked against the model.
+            assert!(at >= index, "node {id} went back from {index} to {at}");
         }
         // Filters: one API, one version.
         let (_, rows) = cluster

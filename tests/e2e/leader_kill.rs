@@ -267,7 +267,10 @@ async fn leader_kill_loses_nothing_acknowledged_and_counts_nothing_twice() {
         let (at, rows) = cluster
             .aggregate_rows(id, "granularity=day&api=Failover&group_by=resource")
             .await;
-        assert_eq!(at, index, "node {id} moved after convergence");
+        // Nothing is posted any more: an index that moved on applied entries without events
+        // (a new term's blank entry after an election on a loaded machine), and the rows
+        // were just checked against the model.
+        assert!(at >= index, "node {id} went back from {index} to {at}");
         let mut counted = BTreeSet::new();
         for row in &rows {
             let resource = row["resource"].as_str().expect("resource").to_string();

@@ -155,7 +155,10 @@ async fn follower_rejoins_from_a_snapshot_after_the_log_was_purged() {
             ("day", &[][..]),
         ] {
             let at = assert_aggregates_match(&cluster, id, granularity, group_by, &events).await;
-            assert_eq!(at, index, "node {id} moved after convergence");
+            // Nothing is posted any more: an index that moved on applied entries without events
+            // (a new term's blank entry after an election on a loaded machine), and the rows
+            // were just checked against the model.
+            assert!(at >= index, "node {id} went back from {index} to {at}");
         }
     }
 
