@@ -306,24 +306,14 @@ pub async fn guard(
 /// Middleware: only the cluster secret passes (cluster operations, like Raft RPC: anyone
 /// who could add a member could have the leader stream every event to it).
 pub async fn require_secret(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let given = headers
-        .get(tally_raft::rpc::SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        })
-        .unwrap_or_default();
-    if tally_raft::rpc::secret_matches(&app.secret, given) {
-        next.run(request).await
-    } else {
-        unauthorized(
+    // The same reading of credentials as every other route: only the secret passes here.
+    match app.auth.identify(request.headers()) {
+        Ok(Caller::Member) => next.run(request).await,
+        _ => unauthorized(
             "cluster operations need the cluster secret: send it as `x-tally-secret` or \
              `Authorization: Bearer …` (the CLI reads --secret or TALLY_CLUSTER_SECRET)",
         )
-        .into_response()
+        .into_response(),
     }
 }
 
